@@ -1,0 +1,56 @@
+# serving-patterns: `make demo` and `make test` work from a fresh clone; every target sets up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+PATTERN ?= embedded
+PYTEST_ARGS ?=
+
+.PHONY: help setup models test test-unit test-integration demo up down status lint clean
+
+help:
+	@echo "make demo                  set up, build models, run every pattern locally, print what it saw"
+	@echo "make test                  set up and run the whole test suite"
+	@echo "make up PATTERN=embedded   start a pattern in the background (make down stops it)"
+	@echo "make models | lint | status | clean"
+
+setup: $(STAMP)
+
+# Pinned: requirements.lock holds the whole tree, pyproject.toml the direct dependencies.
+$(STAMP): pyproject.toml requirements.lock
+	@echo "== setting up $(VENV) (pinned dependencies)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@touch $(STAMP)
+
+models: setup
+	@echo "== model repository (models/repository)"
+	@$(PY) -m models.train
+
+test: setup models
+	@$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: setup models
+	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup models
+	@$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+demo: setup models
+	@$(PY) -m services.stack.demo
+
+up: setup models
+	@$(PY) -m services.stack up $(PATTERN)
+
+down: setup
+	@$(PY) -m services.stack down
+
+status: setup
+	@$(PY) -m services.stack status
+
+lint: setup
+	@$(PY) -m ruff check services models loadtests tests
+
+clean:
+	rm -rf .run models/repository

@@ -1,0 +1,101 @@
+"""Typed errors of the serving stack, each carrying its HTTP status and gRPC code.
+
+    ServingError                      500  INTERNAL
+    ├── ClientError                   400  INVALID_ARGUMENT   the caller's mistake
+    │   ├── InvalidInput              400  INVALID_ARGUMENT   names the field and the problem
+    │   ├── PayloadTooLarge           413  RESOURCE_EXHAUSTED body or batch over the limit
+    │   ├── NotFound                  404  NOT_FOUND          unknown model, version or id
+    │   ├── Gone                      410  NOT_FOUND          an id that existed but expired
+    │   └── Unauthorized              401  UNAUTHENTICATED    admin endpoint without a valid token
+    ├── Unavailable                   503  UNAVAILABLE        not ready yet, or a backend is down
+    │   └── Overloaded                503  RESOURCE_EXHAUSTED queue full; carries Retry-After
+    └── ArtifactError                 500  INTERNAL           a model artifact cannot be served
+        └── IntegrityError            500  INTERNAL           checksum or signature mismatch
+
+Services raise these and translate them to the wire in exactly one place each
+(`services.core.http.error_response` for HTTP; the gRPC servicers' abort helper).
+Wrap lower-level exceptions with `raise ... from exc` so the cause stays in the logs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+
+class ServingError(Exception):
+    http_status: int = 500
+    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    code: str = "internal"
+
+    def __init__(self, message: str, *, field: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        # `error` is a plain string so KServe V2 clients, which expect {"error": "..."}, read it.
+        body: dict[str, Any] = {"error": self.message, "code": self.code}
+        if self.field is not None:
+            body["field"] = self.field
+        body.update(self.details)
+        return body
+
+
+class ClientError(ServingError):
+    http_status = 400
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    code = "bad_request"
+
+
+class InvalidInput(ClientError):
+    code = "invalid_input"
+
+
+class PayloadTooLarge(ClientError):
+    http_status = 413
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = "payload_too_large"
+
+
+class NotFound(ClientError):
+    http_status = 404
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    code = "not_found"
+
+
+class Gone(ClientError):
+    http_status = 410
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    code = "gone"
+
+
+class Unauthorized(ClientError):
+    http_status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    code = "unauthorized"
+
+
+class Unavailable(ServingError):
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    code = "unavailable"
+
+
+class Overloaded(Unavailable):
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retry_after_s = retry_after_s
+
+
+class ArtifactError(ServingError):
+    code = "artifact_error"
+
+
+class IntegrityError(ArtifactError):
+    code = "integrity_error"

@@ -1,0 +1,119 @@
+"""The local stack: run a pattern's services as background processes on 127.0.0.1.
+
+    python -m services.stack up embedded     start, wait until ready, print and record the URLs
+    python -m services.stack status          what is running
+    python -m services.stack down            stop exactly what `up` started
+
+`up` writes `.run/endpoints.json` (machine-readable: pattern, endpoints, pids) and keeps logs in
+`.run/logs/`. One stack runs at a time; `down` first to switch patterns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from services.stack.patterns import PATTERNS, PatternStack
+from services.stack.process import REPO_ROOT, StartError, stop_pid
+
+RUN_DIR = REPO_ROOT / ".run"
+ENDPOINTS_FILE = RUN_DIR / "endpoints.json"
+LOG_DIR = RUN_DIR / "logs"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def start_stack(pattern: str, log_dir: Path = LOG_DIR) -> PatternStack:
+    """Start a pattern's processes in order; on any failure stop what started and raise."""
+    stack = PATTERNS[pattern]()
+    started = []
+    try:
+        for proc in stack.processes:
+            proc.start(log_dir)
+            started.append(proc)
+            print(f"  starting {proc.name} (pid {proc.pid}) ...", flush=True)
+            proc.wait_ready()
+    except BaseException:
+        for proc in reversed(started):
+            proc.stop()
+        raise
+    return stack
+
+
+def up(pattern: str) -> int:
+    if ENDPOINTS_FILE.exists():
+        state = json.loads(ENDPOINTS_FILE.read_text())
+        if any(_alive(p["pid"]) for p in state["processes"]):
+            print(f"a stack is already up ({state['pattern']}); run `make down` first", file=sys.stderr)
+            return 1
+    t0 = time.perf_counter()
+    try:
+        stack = start_stack(pattern)
+    except StartError as exc:
+        print(f"could not start {pattern}: {exc}", file=sys.stderr)
+        return 1
+    RUN_DIR.mkdir(exist_ok=True)
+    state = {
+        "pattern": pattern,
+        "endpoints": stack.endpoints,
+        "processes": [{"name": p.name, "pid": p.pid, "log": str(p.log_path)} for p in stack.processes],
+        **stack.extra,
+    }
+    ENDPOINTS_FILE.write_text(json.dumps(state, indent=2) + "\n")
+    print(f"{pattern} is up in {time.perf_counter() - t0:.1f}s:")
+    for name, url in stack.endpoints.items():
+        print(f"  {name:<14} {url}")
+    print(f"endpoints written to {ENDPOINTS_FILE.relative_to(REPO_ROOT)}; logs in {LOG_DIR.relative_to(REPO_ROOT)}/")
+    return 0
+
+
+def down() -> int:
+    if not ENDPOINTS_FILE.exists():
+        print("no stack is up")
+        return 0
+    state = json.loads(ENDPOINTS_FILE.read_text())
+    for proc in reversed(state["processes"]):
+        stop_pid(proc["pid"])
+        print(f"  stopped {proc['name']} (pid {proc['pid']})")
+    ENDPOINTS_FILE.unlink()
+    return 0
+
+
+def status() -> int:
+    if not ENDPOINTS_FILE.exists():
+        print("no stack is up")
+        return 0
+    state = json.loads(ENDPOINTS_FILE.read_text())
+    print(f"pattern: {state['pattern']}")
+    for proc in state["processes"]:
+        print(f"  {proc['name']:<16} pid {proc['pid']:<8} {'running' if _alive(proc['pid']) else 'EXITED'}")
+    for name, url in state["endpoints"].items():
+        print(f"  {name:<16} {url}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.stack", description="local stack")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_up = sub.add_parser("up", help="start a pattern")
+    p_up.add_argument("pattern", choices=sorted(PATTERNS))
+    sub.add_parser("down", help="stop the running stack")
+    sub.add_parser("status", help="show the running stack")
+    args = parser.parse_args(argv)
+    if args.cmd == "up":
+        return up(args.pattern)
+    return down() if args.cmd == "down" else status()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
