@@ -7,7 +7,7 @@ STAMP := $(VENV)/.setup-stamp
 PATTERN ?= embedded
 PYTEST_ARGS ?=
 
-.PHONY: help setup models test test-unit test-integration demo up down status lint clean
+.PHONY: help setup models kafka-fetch test test-unit test-integration demo up down status lint clean
 
 help:
 	@echo "make demo                  set up, build models, run every pattern locally, print what it saw"
@@ -28,13 +28,17 @@ models: setup
 	@echo "== model repository (models/repository)"
 	@$(PY) -m models.train
 
-test: setup models
+# The Kafka broker's jars come from Maven Central into .cache/kafka (once; needs java 17 + mvn).
+kafka-fetch: setup
+	@$(PY) -m services.kafka.broker fetch
+
+test: setup models kafka-fetch
 	@$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-unit: setup models
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: setup models
+test-integration: setup models kafka-fetch
 	@$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 demo: setup models

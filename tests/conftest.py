@@ -11,6 +11,8 @@ from services.core.settings import DEFAULT_MODEL_REPOSITORY
 from services.stack.demo import load_holdout
 from services.stack.process import ServiceProcess
 
+pytest_plugins = ["tests.integration.kafka_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def model_repo() -> Path:
