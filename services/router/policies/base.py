@@ -1,0 +1,227 @@
+"""The one interface every routing policy implements.
+
+A policy turns a :class:`RouteRequest` into a :class:`Decision` (which variant serves the request,
+and why). It never touches the network: the router owns connections, mirroring, retries and the
+request-id -> decision bookkeeping needed for delayed feedback; a policy only decides and learns.
+
+Contract shared by all policies:
+
+* ``choose`` is on the hot path and must stay in the microsecond range.
+* ``choose``, ``on_result``, ``on_reward``, ``state`` and ``load_state`` may be called concurrently
+  from several threads.
+* ``state()`` returns plain JSON types only; ``load_state(state())`` on a fresh instance built from
+  the same config continues exactly where the old one stopped (random generators excepted).
+* Every bad input raises a ``ValueError`` subclass whose message names the problem, so the router
+  can answer 4xx without guessing.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+#: Bumped when the layout of ``state()`` changes incompatibly.
+STATE_VERSION = 1
+
+
+class PolicyConfigError(ValueError):
+    """Bad policy configuration. The message names the parameter and the problem."""
+
+
+class PolicyStateError(ValueError):
+    """A persisted state does not fit this policy (other kind, unknown variant, bad numbers)."""
+
+
+class UnknownVariantError(ValueError):
+    """A request override or a feedback call names a variant the policy does not route to."""
+
+
+class InvalidRewardError(ValueError):
+    """A reward outside what the policy can learn from (NaN, out of range, not 0/1 for A/B)."""
+
+
+class Reason(StrEnum):
+    """Why a variant was chosen. Values are plain strings (log- and JSON-friendly)."""
+
+    OVERRIDE = "override"
+    PRIMARY = "primary"
+    STICKY_HASH = "sticky-hash"
+    WEIGHTED_RANDOM = "weighted-random"
+    EXPLORE = "explore"
+    EXPLOIT = "exploit"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """What a policy may look at when routing one request.
+
+    ``key`` is the stickiness key (user id, session id...); ``None`` or ``""`` means "no key".
+    ``override`` names a variant that must serve the request (debugging, QA, pinned clients).
+    """
+
+    request_id: str
+    key: str | None = None
+    override: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The variant that serves a request and the reason (a :class:`Reason` value)."""
+
+    variant: str
+    reason: str
+
+
+class PolicyParams(BaseModel):
+    """Base of every policy's parameter model (the part the YAML routing config embeds).
+
+    Unknown keys are rejected, field docstrings become JSON-schema descriptions, and instances are
+    immutable. Cross-checks against the variant list read ``info.context["variants"]``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+P = TypeVar("P", bound=PolicyParams)
+
+
+def validate_variants(variants: Sequence[str]) -> tuple[str, ...]:
+    """Return the variants as a tuple, or raise PolicyConfigError naming the problem."""
+    if isinstance(variants, str) or not isinstance(variants, Sequence):
+        raise PolicyConfigError("variants: expected a list of variant names")
+    names = tuple(variants)
+    if not names:
+        raise PolicyConfigError("variants: at least one variant is required")
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise PolicyConfigError(f"variants: every name must be a non-empty string, got {name!r}")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise PolicyConfigError(f"variants: duplicate names {duplicates}")
+    return names
+
+
+def parse_params(model: type[P], kind: str, variants: Sequence[str], raw: P | Mapping[str, Any] | None) -> P:
+    """Validate ``raw`` against ``model`` (with the variant list as context).
+
+    Pydantic's errors are flattened into one PolicyConfigError such as
+    ``invalid params for policy 'canary': weights.b: Input should be greater than or equal to 0``.
+    """
+    data: Any = {} if raw is None else raw
+    if isinstance(data, BaseModel):
+        # Re-validate: the instance may have been built without the variant cross-checks.
+        data = data.model_dump()
+    try:
+        return model.model_validate(data, context={"variants": tuple(variants)})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err["loc"])
+            # Our own validators raise PolicyConfigError, whose text already names the field;
+            # pydantic would prefix it with "Value error, ".
+            ctx_error = err.get("ctx", {}).get("error")
+            text = str(ctx_error) if isinstance(ctx_error, PolicyConfigError) else err["msg"]
+            problems.append(f"{where}: {text}" if where else text)
+        raise PolicyConfigError(f"invalid params for policy {kind!r}: " + "; ".join(problems)) from None
+
+
+def context_variants(info: Any) -> tuple[str, ...] | None:
+    """The variant list passed by :func:`parse_params`, or None when validated standalone."""
+    context = getattr(info, "context", None)
+    return None if not context else context.get("variants")
+
+
+def finite_reward(reward: float) -> float:
+    """Coerce to float and reject NaN/inf and non-numbers with InvalidRewardError."""
+    if isinstance(reward, bool):
+        return float(reward)
+    try:
+        value = float(reward)
+    except (TypeError, ValueError):
+        raise InvalidRewardError(f"reward: expected a number, got {reward!r}") from None
+    if not math.isfinite(value):
+        raise InvalidRewardError(f"reward: must be finite, got {reward!r}")
+    return value
+
+
+class RoutingPolicy(ABC):
+    """Decides which variant serves each request, and optionally learns from feedback.
+
+    Subclasses set ``kind`` (the registry name) and ``Params`` (their pydantic parameter model),
+    implement :meth:`choose`, and override the feedback hooks and state methods they need.
+    The base class owns the variant list, a lock for subclasses that mutate shared state, override
+    handling and the common header of the persisted state.
+    """
+
+    kind: ClassVar[str]
+    Params: ClassVar[type[PolicyParams]]
+
+    def __init__(self, variants: Sequence[str]) -> None:
+        self._variants = validate_variants(variants)
+        self._index = {name: i for i, name in enumerate(self._variants)}
+        self._lock = threading.Lock()
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """The variant names this policy routes to, in configuration order."""
+        return self._variants
+
+    @abstractmethod
+    def choose(self, request: RouteRequest) -> Decision:
+        """Pick the variant for one request. Must be cheap and thread-safe."""
+
+    def on_result(self, decision: Decision, request_id: str, ok: bool, latency_s: float) -> None:
+        """Called by the router when a routed request finished. Default: ignore."""
+        return None
+
+    def on_reward(self, variant: str, reward: float) -> None:
+        """Called with a (possibly delayed) business reward for a variant. Default: ignore."""
+        return None
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable snapshot for persistence and the status endpoint."""
+        return {"kind": self.kind, "version": STATE_VERSION, "variants": list(self._variants)}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore a snapshot taken by :meth:`state`. Validates fully before changing anything."""
+        self._check_state_header(state)
+
+    # -- helpers for subclasses ------------------------------------------------------------
+
+    def _variant_index(self, variant: str) -> int:
+        try:
+            return self._index[variant]
+        except (KeyError, TypeError):
+            raise UnknownVariantError(f"variant: unknown variant {variant!r}; known: {list(self._variants)}") from None
+
+    def _override(self, request: RouteRequest) -> Decision | None:
+        """The forced decision if the request carries an override, else None."""
+        if request.override is None:
+            return None
+        self._variant_index(request.override)
+        return Decision(request.override, Reason.OVERRIDE)
+
+    def _check_state_header(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping):
+            raise PolicyStateError("state: expected a mapping")
+        if state.get("kind") != self.kind:
+            raise PolicyStateError(
+                f"state.kind: state of a {state.get('kind')!r} policy cannot load into {self.kind!r}"
+            )
+        if state.get("version") != STATE_VERSION:
+            raise PolicyStateError(
+                f"state.version: unsupported version {state.get('version')!r}, expected {STATE_VERSION}"
+            )
+
+    def _check_state_variants(self, names: Any, field: str) -> None:
+        """Per-variant state may only name configured variants: nothing is dropped silently."""
+        unknown = sorted(set(names) - set(self._variants))
+        if unknown:
+            raise PolicyStateError(f"state.{field}: variants {unknown} are not configured ({list(self._variants)})")
