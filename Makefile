@@ -4,10 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
+COMPAT := .venv-compat
+COMPAT_STAMP := $(COMPAT)/.setup-stamp
 PATTERN ?= embedded
 PYTEST_ARGS ?=
 
-.PHONY: help setup models kafka-fetch test test-unit test-integration demo up down status lint clean
+.PHONY: help setup compat-setup models kafka-fetch test test-unit test-integration test-compat demo up down status lint clean
 
 help:
 	@echo "make demo                  set up, build models, run every pattern locally, print what it saw"
@@ -24,6 +26,16 @@ $(STAMP): pyproject.toml requirements.lock
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	@touch $(STAMP)
 
+# The official TF Serving client needs TensorFlow; it lives in its own venv, used only by tests/compat.
+compat-setup: $(COMPAT_STAMP)
+
+$(COMPAT_STAMP): tests/compat/requirements.txt
+	@echo "== setting up $(COMPAT) (official TF Serving client, for wire-compatibility tests only)"
+	@test -x $(COMPAT)/bin/python || $(PYTHON) -m venv $(COMPAT)
+	@$(COMPAT)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/compat/requirements.txt
+	@$(COMPAT)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps tensorflow-serving-api==2.21.0
+	@touch $(COMPAT_STAMP)
+
 models: setup
 	@echo "== model repository (models/repository)"
 	@$(PY) -m models.train
@@ -32,8 +44,13 @@ models: setup
 kafka-fetch: setup
 	@$(PY) -m services.kafka.broker fetch
 
-test: setup models kafka-fetch
+test: setup models kafka-fetch compat-setup
 	@$(PY) -m pytest tests $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-compat
+
+# Official TF Serving client (in .venv-compat) against our servers (running on .venv).
+test-compat: setup models compat-setup
+	@TFS_COMPAT_OURS_PYTHON=$(abspath $(PY)) $(COMPAT)/bin/python -m pytest tests/compat --confcutdir=tests/compat $(PYTEST_ARGS)
 
 test-unit: setup models
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)

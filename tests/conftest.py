@@ -13,6 +13,10 @@ from services.stack.process import ServiceProcess
 
 pytest_plugins = ["tests.integration.kafka_fixtures"]
 
+# tests/compat runs in its own venv with the official TF Serving client (TensorFlow), which
+# cannot share a process with our wire-compatible stubs: `make test` runs it separately.
+collect_ignore = ["compat"]
+
 
 @pytest.fixture(scope="session")
 def model_repo() -> Path:
