@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import sklearn
 import skl2onnx
+import sklearn
 import yaml
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
@@ -107,7 +107,7 @@ def _export(estimator, graph_name: str, n_features: int, n_classes: int) -> byte
     # uuid and emits opset imports in set order, which varies with hash randomisation.
     onx.doc_string = ""
     onx.graph.name = graph_name
-    opsets = sorted(((o.domain, o.version) for o in onx.opset_import))
+    opsets = sorted((o.domain, o.version) for o in onx.opset_import)
     del onx.opset_import[:]
     for domain, version in opsets:
         onx.opset_import.add(domain=domain, version=version)

@@ -109,8 +109,9 @@ class InputContract:
                 f"{field} must have shape [rows, {self.n_features}], got {list(matrix.shape)}", field=field
             )
         self.check_batch(matrix.shape[0], field)
-        out = np.ascontiguousarray(matrix, dtype=np.float32)
-        # Cast first: 1e39 is finite as float64 but overflows float32.
+        # Cast first: 1e39 is finite as float64 but overflows float32 (and is refused below).
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(matrix, dtype=np.float32)
         if not np.isfinite(out).all():
             row, col = np.argwhere(~np.isfinite(out))[0]
             raise InvalidInput(
