@@ -9,7 +9,7 @@ COMPAT_STAMP := $(COMPAT)/.setup-stamp
 PATTERN ?= embedded
 PYTEST_ARGS ?=
 
-.PHONY: help setup compat-setup models kafka-fetch test test-unit test-integration test-compat demo up down status lint clean
+.PHONY: help setup compat-setup models kafka-fetch promtool test test-unit test-integration test-compat demo up down status lint clean
 
 help:
 	@echo "make demo                  set up, build models, run every pattern locally, print what it saw"
@@ -44,7 +44,11 @@ models: setup
 kafka-fetch: setup
 	@$(PY) -m services.kafka.broker fetch
 
-test: setup models kafka-fetch compat-setup
+# promtool (Prometheus's metrics linter) is built from the Go module proxy into .cache/bin, once.
+promtool: setup
+	@$(PY) -m services.stack.promtool fetch >/dev/null
+
+test: setup models kafka-fetch promtool compat-setup
 	@$(PY) -m pytest tests $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-compat
 

@@ -1,0 +1,276 @@
+"""gRPC front-end: TensorFlow Serving's API, standard health checking, server reflection.
+
+    tensorflow.serving.PredictionService/Predict            inputs {"input": TensorProto [rows, features]}
+                                                            -> outputs {"label": int64 [rows],
+                                                                        "probabilities": float [rows, classes]}
+    tensorflow.serving.PredictionService/GetModelMetadata   metadata_field ["signature_def"] -> SignatureDefMap
+    tensorflow.serving.ModelService/GetModelStatus          per-version state (AVAILABLE, END, ...) and load errors
+    grpc.health.v1.Health/Check|Watch                       "" and each service: SERVING once a version serves
+    grpc.reflection.v1alpha.ServerReflection                grpcurl / grpc_cli can list and describe the services
+
+The model is chosen by `ModelSpec.name`, plus `version` (a number) or `version_label` (from the
+model's config.yaml); with neither, the newest loaded version that passed its quality gate.
+Input tensors may be DT_FLOAT, DT_DOUBLE, DT_INT32 or DT_INT64, in `tensor_content` or the typed
+value fields (`services.model_server.tfs_proto.tensors`).
+
+Errors: `abort` is the one place a `ServingError` becomes a gRPC status, via its `grpc_code`
+(NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE, ...). Anything unexpected is logged
+and answered INTERNAL without a trace.
+
+The messages come from our own wire-compatible protos (no TensorFlow in this process); see
+services/model_server/tfs_proto/README.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.core.errors import InvalidInput, NotFound, ServingError
+from services.model_server import metrics
+from services.model_server.repository import Registry, Servable
+from services.model_server.tfs_proto import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2,
+    prediction_service_pb2_grpc,
+    signature_def_pb2,
+    status_pb2,
+    tensor_shape_pb2,
+    types_pb2,
+)
+from services.model_server.tfs_proto.tensors import from_numpy, to_numpy
+
+log = logging.getLogger(__name__)
+
+SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+_OUTPUTS = frozenset({"label", "probabilities"})
+SERVICE_NAMES = (
+    prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+)
+_STATES = get_model_status_pb2.ModelVersionStatus.State
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: ServingError) -> NoReturn:
+    """The one place a ServingError becomes a gRPC status."""
+    trailing: tuple[tuple[str, str], ...] = ()
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        trailing = (("retry-after", str(max(1, round(retry_after)))),)
+    await context.abort(exc.grpc_code, exc.message, trailing_metadata=trailing)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Any]]) -> Any:
+    try:
+        return await call()
+    except ServingError as exc:
+        await abort(context, exc)
+    except Exception as exc:  # never a trace to the client
+        log.error("unhandled error in a gRPC call", exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+
+def _resolve(registry: Registry, spec: Any) -> Servable:
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return registry.resolve(spec.name, spec.version.value)
+    if choice == "version_label":
+        return registry.resolve(spec.name, label=spec.version_label)
+    return registry.resolve(spec.name)
+
+
+def _check_signature(spec: Any) -> None:
+    if spec.signature_name not in ("", SIGNATURE):
+        raise InvalidInput(f"unknown signature_name {spec.signature_name!r}; the model has {SIGNATURE!r}",
+                           field="model_spec.signature_name")
+
+
+def _tensor_info(dtype: int, dims: list[int], name: str) -> signature_def_pb2.TensorInfo:
+    return signature_def_pb2.TensorInfo(
+        name=name,
+        dtype=dtype,  # type: ignore[arg-type]
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d)
+                                                             for d in dims]),
+    )
+
+
+def signature_def_map(servable: Servable) -> get_model_metadata_pb2.SignatureDefMap:
+    card = servable.card
+    signature = signature_def_pb2.SignatureDef(
+        inputs={card.input.name: _tensor_info(types_pb2.DT_FLOAT, [-1, card.n_features], f"{card.input.name}:0")},
+        outputs={
+            "label": _tensor_info(types_pb2.DT_INT64, [-1], "label:0"),
+            "probabilities": _tensor_info(types_pb2.DT_FLOAT, [-1, len(card.classes)], "probabilities:0"),
+        },
+        method_name=PREDICT_METHOD,
+    )
+    return get_model_metadata_pb2.SignatureDefMap(signature_def={SIGNATURE: signature})
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+                      ) -> predict_pb2.PredictResponse:  # noqa: N802 - the gRPC method name
+        started = time.perf_counter()
+        spec = request.model_spec
+        servable = None
+        try:
+            servable = _resolve(self.registry, spec)
+            _check_signature(spec)
+            expected = servable.card.input.name
+            inputs = request.inputs
+            if len(inputs) != 1 or expected not in inputs:
+                raise InvalidInput(f"PredictRequest.inputs must hold exactly the model's input {expected!r}, "
+                                   f"got {sorted(inputs)}", field="inputs")
+            try:
+                arr = to_numpy(inputs[expected])
+            except ValueError as exc:
+                raise InvalidInput(f"inputs[{expected!r}]: {exc}", field=f"inputs[{expected}]") from exc
+            x = servable.contract.check_array(arr, field=f"inputs[{expected}]")
+            wanted = request.output_filter
+            if wanted and not set(wanted) <= _OUTPUTS:
+                raise InvalidInput(f"output_filter {sorted(set(wanted) - _OUTPUTS)} unknown; the model has "
+                                   f"{sorted(_OUTPUTS)}", field="output_filter")
+            labels, probabilities = await servable.predict(x)
+            outputs = {}
+            if not wanted or "label" in wanted:
+                outputs["label"] = from_numpy(labels)
+            if not wanted or "probabilities" in wanted:
+                outputs["probabilities"] = from_numpy(probabilities)
+            response = predict_pb2.PredictResponse(outputs=outputs)
+            out_spec = response.model_spec
+            out_spec.name = servable.name
+            out_spec.version.value = servable.version
+            out_spec.signature_name = SIGNATURE
+        except ServingError as exc:
+            if servable is not None:
+                servable.metrics.error("grpc", exc.code)
+            else:
+                name = spec.name if spec.name in self.registry.models else ""
+                metrics.count_error(name, "", "grpc", exc.code)
+            await abort(context, exc)
+        m = servable.metrics.protocols["grpc"]
+        m.ok.inc()
+        m.seconds.observe(time.perf_counter() - started)
+        return response
+
+    async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
+                               context: grpc.aio.ServicerContext
+                               ) -> get_model_metadata_pb2.GetModelMetadataResponse:  # noqa: N802
+        async def call() -> get_model_metadata_pb2.GetModelMetadataResponse:
+            servable = _resolve(self.registry, request.model_spec)
+            fields = list(request.metadata_field)
+            if not fields:
+                raise InvalidInput("GetModelMetadataRequest must name at least one metadata_field ('signature_def')",
+                                   field="metadata_field")
+            unsupported = [f for f in fields if f != "signature_def"]
+            if unsupported:
+                raise InvalidInput(f"metadata_field {unsupported} not supported; only 'signature_def' is",
+                                   field="metadata_field")
+            cached = servable.cache.get("grpc_metadata")
+            if cached is None:
+                cached = get_model_metadata_pb2.GetModelMetadataResponse()
+                cached.model_spec.name = servable.name
+                cached.model_spec.version.value = servable.version
+                cached.model_spec.signature_name = SIGNATURE
+                cached.metadata["signature_def"].Pack(signature_def_map(servable))
+                servable.cache["grpc_metadata"] = cached
+            return cached
+
+        return await _guard(context, call)
+
+
+class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
+                             context: grpc.aio.ServicerContext
+                             ) -> get_model_status_pb2.GetModelStatusResponse:  # noqa: N802
+        async def call() -> get_model_status_pb2.GetModelStatusResponse:
+            spec = request.model_spec
+            entry = self.registry.model(spec.name)
+            choice = spec.WhichOneof("version_choice")
+            if choice == "version_label":
+                versions = [entry.resolve(label=spec.version_label).version]
+            elif choice == "version":
+                if spec.version.value not in entry.statuses:
+                    raise NotFound(f"model {spec.name!r} has no version {spec.version.value} "
+                                   f"(known: {sorted(entry.statuses)})", field="model_spec.version")
+                versions = [spec.version.value]
+            else:
+                versions = sorted(entry.statuses)
+            response = get_model_status_pb2.GetModelStatusResponse()
+            for v in versions:
+                s = entry.statuses[v]
+                response.model_version_status.append(get_model_status_pb2.ModelVersionStatus(
+                    version=v,
+                    state=_STATES.Value(s.state),
+                    status=status_pb2.StatusProto(error_code=s.grpc_code.value[0], error_message=s.error),
+                ))
+            return response
+
+        return await _guard(context, call)
+
+
+class GrpcFrontend:
+    """The grpc.aio server with every service registered; health follows the registry's readiness."""
+
+    def __init__(self, registry: Registry, *, host: str, port: int, max_message_bytes: int) -> None:
+        self.registry = registry
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.aio.server(options=options)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(registry), self.server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(registry), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.address = f"{host}:{port}"
+        self.port = self.server.add_insecure_port(self.address)
+        self._serving: bool | None = None
+        registry.listeners.append(self.sync_health)
+
+    async def start(self) -> None:
+        await self.server.start()
+        self.sync_health()
+
+    def sync_health(self) -> None:
+        """Mirror the registry's readiness into grpc.health.v1 ("" and each TF Serving service)."""
+        serving = self.registry.ready
+        if serving == self._serving:
+            return
+        self._serving = serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            self._set_health(name, status)
+
+    def _set_health(self, name: str, status: int) -> None:
+        # The aio servicer's set() is a coroutine; its state change is synchronous up to the await.
+        asyncio.get_running_loop().create_task(self.health.set(name, status))
+
+    async def stop(self, grace_s: float) -> None:
+        """NOT_SERVING, refuse new calls, let in-flight calls finish within `grace_s`."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
