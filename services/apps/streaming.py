@@ -1,0 +1,154 @@
+"""The model-as-data pattern: the consuming application, with models arriving as Kafka events.
+
+    python -m services.apps.streaming          (settings from STREAMING_* environment variables)
+
+Same HTTP API as the embedded app (services/apps/api.py). The model is not packaged with the
+app: a background subscriber follows the compacted `models` topic, verifies each message
+(signature, checksum, contract), loads it off the event loop and swaps it in atomically while
+the previous version keeps serving (services/apps/hotswap.py). At start-up the app reads the
+topic to its end and serves the latest accepted version; /readyz answers 503 until then.
+
+Every response names the version that computed it (`model_version`, `x-model-version`);
+/metrics shows `kafka_model_served_version` and the swap/rejection counters. Decisions are
+written to `model-events`; with `STREAMING_PREDICTION_LOG=true` every answer also goes to the
+`predictions` topic. See patterns/model-as-data/README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from services.apps.api import build_app
+from services.apps.hotswap import HotSwapBackend
+from services.core.card import ModelCard
+from services.core.errors import ServingError
+from services.core.http import serve
+from services.core.logging import configure_logging
+from services.core.repository import version_dir
+from services.core.runtime import CARD_FILE, RuntimeOptions
+from services.core.settings import ModelSettings, settings_config
+from services.kafka import messages
+from services.kafka.emitter import BackgroundEmitter
+from services.kafka.events import ModelEvents
+from services.kafka.prediction_log import LoggedBackend, PredictionLog, PredictionLogMiddleware
+from services.kafka.subscriber import ModelSubscriber
+from services.kafka.topics import MODEL_EVENTS, MODELS, PREDICTIONS, SCORING_PARTITIONS, plain_topic
+
+log = logging.getLogger(__name__)
+APP_NAME = "streaming"
+
+
+class StreamingSettings(ModelSettings):
+    """Settings of the streaming (model-as-data) app; environment variables are prefixed STREAMING_.
+
+    `model_name` is the record key followed on the models topic.
+    """
+
+    model_config = settings_config("STREAMING_")
+
+    model_version: int | None = None
+    """Ignored here: the version served is whichever was published last (and accepted)."""
+    bootstrap_servers: str = "127.0.0.1:9092"
+    """Kafka bootstrap servers, comma-separated host:port."""
+    models_topic: str = MODELS
+    """Compacted topic the model messages arrive on (created compacted if missing)."""
+    model_events_topic: str = MODEL_EVENTS
+    """Topic for loaded / rejected / swapped / unchanged records."""
+    signing_key_file: Path | None = None
+    """File holding the HMAC-SHA256 key models are signed with (a mounted Secret). Empty: $MODEL_SIGNING_KEY,
+    then $MODEL_SIGNING_KEY_FILE, then the local stack's .run/model-signing.key."""
+    contract_card: Path | None = None
+    """model-card.json defining the input contract this app sends (feature names and order, dtype, classes).
+    Empty: the newest gate-passing card of model_name in model_repository; if there is none, only compatibility
+    with the version being served is checked."""
+    backoff_max_s: float = 5.0
+    """Longest wait between reconnect attempts while the broker is unreachable."""
+    prediction_log: bool = False
+    """Emit every answered prediction to the predictions topic (asynchronous; drops counted, never blocks)."""
+    predictions_topic: str = PREDICTIONS
+    """Topic of the prediction log."""
+    prediction_log_bootstrap_servers: str = ""
+    """Kafka cluster for the prediction log, if not the one the models come from (empty: bootstrap_servers)."""
+    prediction_log_buffer: int = 10_000
+    """Prediction events buffered while the broker is slow or absent; beyond that they are dropped and counted."""
+    prediction_log_inputs: bool = False
+    """Include the input rows in prediction events (else only their sha256)."""
+    events_buffer: int = 1_000
+    """model-events records buffered while the broker is slow or absent."""
+
+
+def reference_card(settings: StreamingSettings) -> ModelCard | None:
+    if settings.contract_card is not None:
+        return ModelCard.from_file(settings.contract_card)
+    try:
+        return ModelCard.from_file(version_dir(settings.model_repository, settings.model_name) / CARD_FILE)
+    except ServingError:
+        log.warning(
+            "no contract card in the model repository; checking new versions against the served one only",
+            extra={"model_name": settings.model_name, "model_repository": str(settings.model_repository)},
+        )
+        return None
+
+
+def create_app(settings: StreamingSettings) -> Any:
+    key = messages.load_signing_key(settings.signing_key_file)
+    emitter = BackgroundEmitter(settings.bootstrap_servers, name="model-events", buffer_size=settings.events_buffer,
+                                backoff_max_s=settings.backoff_max_s,
+                                topics=[plain_topic(settings.model_events_topic)])
+    emitter.start()
+    events = ModelEvents(emitter, settings.model_events_topic, app=APP_NAME)
+
+    def subscriber(handler: HotSwapBackend) -> ModelSubscriber:
+        return ModelSubscriber(settings.bootstrap_servers, settings.models_topic, settings.model_name, handler,
+                               backoff_max_s=settings.backoff_max_s, client_id=f"{APP_NAME}-{events.instance}")
+
+    backend: Any = HotSwapBackend(
+        model_name=settings.model_name,
+        key=key,
+        events=events,
+        subscriber_factory=subscriber,
+        reference_card=reference_card(settings),
+        options=RuntimeOptions(settings.intra_op_threads, settings.inter_op_threads),
+    )
+    plog = None
+    if settings.prediction_log:
+        plog = PredictionLog(settings.prediction_log_bootstrap_servers or settings.bootstrap_servers,
+                             settings.predictions_topic, app=APP_NAME,
+                             buffer_size=settings.prediction_log_buffer, include_inputs=settings.prediction_log_inputs,
+                             topic_partitions=SCORING_PARTITIONS)
+        backend = LoggedBackend(backend, plog)
+    app: Any = build_app(
+        backend,
+        app_name=APP_NAME,
+        max_body_bytes=settings.max_body_bytes,
+        max_batch_size=settings.max_batch_size,
+        range_policy=settings.range_policy,
+        range_margin=settings.range_margin,
+    )
+    app.state.backend = backend
+    if plog is not None:
+        app = PredictionLogMiddleware(app, plog)
+    return app
+
+
+def quiet_kafka_client(level: str) -> None:
+    """kafka-python logs every connection at INFO; keep its warnings and errors only."""
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+
+
+def main() -> None:
+    settings = StreamingSettings()
+    configure_logging(APP_NAME, settings.log_level)
+    quiet_kafka_client(settings.log_level)
+    try:
+        app = create_app(settings)
+    except (messages.SigningKeyError, ServingError) as exc:
+        log.error("cannot start", extra={"error": getattr(exc, "message", str(exc))})
+        raise SystemExit(2) from exc
+    serve(app, settings)
+
+
+if __name__ == "__main__":
+    main()
