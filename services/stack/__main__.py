@@ -33,6 +33,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _stop_broker(state: dict) -> bool:
+    """Stop the Kafka broker a pattern started (recorded as broker_data_dir); False if none."""
+    if "broker_data_dir" not in state:
+        return False
+    from services.kafka.broker import Broker
+
+    Broker(state["broker_data_dir"]).stop()
+    return True
+
+
 def start_stack(pattern: str, log_dir: Path = LOG_DIR) -> PatternStack:
     """Start a pattern's processes in order; on any failure stop what started and raise."""
     stack = PATTERNS[pattern]()
@@ -46,6 +56,7 @@ def start_stack(pattern: str, log_dir: Path = LOG_DIR) -> PatternStack:
     except BaseException:
         for proc in reversed(started):
             proc.stop()
+        _stop_broker(stack.extra)
         raise
     return stack
 
@@ -72,7 +83,7 @@ def up(pattern: str) -> int:
     ENDPOINTS_FILE.write_text(json.dumps(state, indent=2) + "\n")
     print(f"{pattern} is up in {time.perf_counter() - t0:.1f}s:")
     for name, url in stack.endpoints.items():
-        print(f"  {name:<14} {url}")
+        print(f"  {name:<20} {url}")
     print(f"endpoints written to {ENDPOINTS_FILE.relative_to(REPO_ROOT)}; logs in {LOG_DIR.relative_to(REPO_ROOT)}/")
     return 0
 
@@ -85,6 +96,8 @@ def down() -> int:
     for proc in reversed(state["processes"]):
         stop_pid(proc["pid"])
         print(f"  stopped {proc['name']} (pid {proc['pid']})")
+    if _stop_broker(state):
+        print(f"  stopped the Kafka broker ({state['broker_data_dir']})")
     ENDPOINTS_FILE.unlink()
     return 0
 

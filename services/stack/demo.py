@@ -11,7 +11,7 @@ import csv
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -76,9 +76,28 @@ def demo_http_pattern(pattern: str, model: str) -> Row:
                np.percentile(lat, 99) * 1e3)
 
 
+def _kafka_scenario(name: str) -> Row:
+    # Imported late: the Kafka scenarios (services/kafka/demo.py) import this module's helpers.
+    from services.kafka import demo as kafka_demo
+
+    return getattr(kafka_demo, name)()
+
+
 SCENARIOS: list[tuple[str, Callable[[], Row]]] = [
     ("embedded: breast-cancer", lambda: demo_http_pattern("embedded", "breast-cancer")),
+    ("model-as-service: breast-cancer", lambda: replace(
+        demo_http_pattern("model-as-service", "breast-cancer"), note="app -> model server over gRPC")),
+    ("model-as-data: breast-cancer v1 -> v2", lambda: _kafka_scenario("model_as_data")),
+    ("stream-scoring: breast-cancer", lambda: _kafka_scenario("stream_scoring")),
+    *[(f"{p}: breast-cancer v1 / v2 via the router", (lambda p=p: _routed_scenario(p)))
+      for p in ("shadow", "canary", "ab-test", "bandit")],
 ]
+
+
+def _routed_scenario(pattern: str) -> Row:
+    from services.router.stack import demo_routed  # shadow / canary / A/B / bandit (services/router/stack.py)
+
+    return demo_routed(pattern)
 
 
 def print_table(rows: list[Row]) -> None:

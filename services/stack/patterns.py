@@ -7,6 +7,7 @@ Adding a pattern is one function here plus its folder under patterns/.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +33,113 @@ def embedded(model_name: str = "breast-cancer") -> PatternStack:
     return PatternStack([app], {"app": f"http://127.0.0.1:{port}"})
 
 
+def model_as_service(model_name: str = "breast-cancer", protocol: str = "grpc") -> PatternStack:
+    """The model server (REST + gRPC), then the app calling it (gRPC by default)."""
+    rest_port, grpc_port, app_port = free_port(), free_port(), free_port()
+    server = ServiceProcess(
+        name="model-server",
+        argv=["-m", "services.model_server"],
+        env={"MODEL_SERVER_PORT": str(rest_port), "MODEL_SERVER_GRPC_PORT": str(grpc_port)},
+        ready=http_ready(f"http://127.0.0.1:{rest_port}/v2/health/ready"),
+    )
+    app = ServiceProcess(
+        name="model-as-service-app",
+        argv=["-m", "services.apps.remote"],
+        env={
+            "REMOTE_PORT": str(app_port),
+            "REMOTE_MODEL_NAME": model_name,
+            "REMOTE_PROTOCOL": protocol,
+            "REMOTE_SERVER_ADDRESS": f"127.0.0.1:{grpc_port}",
+            "REMOTE_SERVER_URL": f"http://127.0.0.1:{rest_port}",
+        },
+        ready=http_ready(f"http://127.0.0.1:{app_port}/readyz"),
+    )
+    return PatternStack(
+        [server, app],
+        {
+            "app": f"http://127.0.0.1:{app_port}",
+            "model-server-rest": f"http://127.0.0.1:{rest_port}",
+            "model-server-grpc": f"127.0.0.1:{grpc_port}",
+        },
+    )
+
+
+def _local_broker(bootstrap_servers: str | None) -> tuple[str, dict[str, str]]:
+    """Bootstrap servers, and the data dir of the local broker if this stack started it, so that
+    `make down` stops exactly what `make up` started (a broker that was already up stays up)."""
+    from services.kafka.broker import ENV_BOOTSTRAP, Broker, default_data_dir
+
+    if bootstrap_servers or os.environ.get(ENV_BOOTSTRAP):
+        return bootstrap_servers or os.environ[ENV_BOOTSTRAP], {}
+    broker = Broker(default_data_dir(), stop_at_exit=False)
+    started_here = not broker.is_running()
+    bootstrap = broker.start()
+    return bootstrap, ({"broker_data_dir": str(broker.data_dir)} if started_here else {})
+
+
+def model_as_data(model_name: str = "breast-cancer", version: int | None = None,
+                  bootstrap_servers: str | None = None, prediction_log: bool = True) -> PatternStack:
+    """Kafka (the local broker, started if needed, or $KAFKA_BOOTSTRAP_SERVERS), the model published
+    to the compacted `models` topic, then the streaming app that follows it (patterns/model-as-data)."""
+    from services.kafka.messages import LOCAL_KEY_FILE, ensure_local_key
+    from services.kafka.publisher import publish
+
+    bootstrap, broker_extra = _local_broker(bootstrap_servers)
+    ensure_local_key()  # the app and `python -m services.kafka.publisher` both find it there
+    published = publish(bootstrap, model_name, version)
+    port = free_port()
+    app = ServiceProcess(
+        name="streaming-app",
+        argv=["-m", "services.apps.streaming"],
+        env={"STREAMING_PORT": str(port), "STREAMING_BOOTSTRAP_SERVERS": bootstrap,
+             "STREAMING_MODEL_NAME": model_name, "STREAMING_PREDICTION_LOG": str(prediction_log).lower()},
+        ready=http_ready(f"http://127.0.0.1:{port}/readyz"),
+    )
+    return PatternStack(
+        [app],
+        {"app": f"http://127.0.0.1:{port}", "kafka": bootstrap},
+        extra={"published": published.describe(), "signing_key_file": str(LOCAL_KEY_FILE),
+               "publish": f"python -m services.kafka.publisher --model {model_name} --version N",
+               **broker_extra},
+    )
+
+
+def stream_scoring(model_name: str = "breast-cancer", version: int | None = None, workers: int = 2,
+                   bootstrap_servers: str | None = None, **env: str) -> PatternStack:
+    """Kafka, then `workers` scoring workers in one consumer group (patterns/stream-scoring)."""
+    bootstrap, broker_extra = _local_broker(bootstrap_servers)
+    procs, endpoints = [], {"kafka": bootstrap}
+    for i in range(workers):
+        port = free_port()
+        settings = {"SCORING_PORT": str(port), "SCORING_BOOTSTRAP_SERVERS": bootstrap,
+                    "SCORING_MODEL_NAME": model_name, **env}
+        if version is not None:
+            settings["SCORING_MODEL_VERSION"] = str(version)
+        procs.append(ServiceProcess(name=f"scoring-worker-{i}", argv=["-m", "services.kafka.scoring"], env=settings,
+                                    ready=http_ready(f"http://127.0.0.1:{port}/readyz")))
+        endpoints[f"worker-{i}"] = f"http://127.0.0.1:{port}"
+    return PatternStack(procs, endpoints, extra={
+        "topics": "scoring-requests -> scoring-results, scoring-dlq",
+        **broker_extra,
+    })
+
+
+def _routed(pattern: str) -> Callable[..., PatternStack]:
+    """shadow, canary, ab-test, bandit: a model server per variant, then the router
+    (services/router/stack.py; the routing config is patterns/<pattern>/routing.yaml)."""
+
+    def build(**overrides: object) -> PatternStack:
+        from services.router.stack import routed_pattern
+
+        return routed_pattern(pattern, **overrides)
+
+    return build
+
+
 PATTERNS: dict[str, Callable[..., PatternStack]] = {
     "embedded": embedded,
+    "model-as-service": model_as_service,
+    "model-as-data": model_as_data,
+    "stream-scoring": stream_scoring,
+    **{p: _routed(p) for p in ("shadow", "canary", "ab-test", "bandit")},
 }
