@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.apps import metrics
-from services.apps.backend import Backend, ContractCache
+from services.apps.backend import Backend, ContractCache, PredictionSink
 from services.core.contract import RangePolicy
 from services.core.errors import InvalidInput, ServingError, Unavailable
 from services.core.http import EXCEPTION_HANDLERS, json_response, read_json, require_json_object
@@ -39,6 +39,7 @@ def build_app(
     max_batch_size: int,
     range_policy: RangePolicy,
     range_margin: float,
+    sinks: tuple[PredictionSink, ...] = (),
 ) -> Starlette:
     contracts = ContractCache(max_batch_size=max_batch_size, range_policy=range_policy, range_margin=range_margin)
     served: set[tuple[str, int]] = set()
@@ -87,7 +88,10 @@ def build_app(
         }
         metrics.REQUESTS.labels(app_name, result.model_name, version, "200").inc()
         metrics.ROWS.labels(app_name, result.model_name, version).inc(len(result.labels))
-        metrics.REQUEST_SECONDS.labels(app_name, result.model_name).observe(time.perf_counter() - started)
+        latency_s = time.perf_counter() - started
+        metrics.REQUEST_SECONDS.labels(app_name, result.model_name).observe(latency_s)
+        for sink in sinks:
+            sink.record(request_id, x, result, latency_s)
         return json_response(
             payload, headers={"x-request-id": request_id, "x-model-version": f"{result.model_name}:{version}"}
         )
@@ -108,11 +112,15 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        for sink in sinks:
+            await sink.start()
         await backend.start()
         try:
             yield
         finally:
             await backend.stop()
+            for sink in sinks:
+                await sink.stop()
 
     return Starlette(
         routes=[

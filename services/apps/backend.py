@@ -80,6 +80,24 @@ class LocalBackend(Backend):
         return BackendResult(p.labels, p.probabilities, self.model.name, self.model.version)
 
 
+class PredictionSink(ABC):
+    """Receives every answered prediction, e.g. the Kafka prediction log.
+
+    `record` runs on the request path after the answer is computed: it must never block or
+    raise (queue and return). `start`/`stop` follow the app's lifespan.
+    """
+
+    @abstractmethod
+    def record(self, request_id: str, x: np.ndarray, result: BackendResult, latency_s: float) -> None:
+        """Take one answered request: its validated input, the result and its latency so far."""
+
+    async def start(self) -> None:
+        """Acquire resources before the first request."""
+
+    async def stop(self) -> None:
+        """Flush what can be flushed and release resources at shutdown."""
+
+
 class ContractCache:
     """One `InputContract` per card, rebuilt only when the served card changes."""
 

@@ -32,7 +32,7 @@ from services.core.settings import ModelSettings, settings_config
 from services.kafka import messages
 from services.kafka.emitter import BackgroundEmitter
 from services.kafka.events import ModelEvents
-from services.kafka.prediction_log import LoggedBackend, PredictionLog, PredictionLogMiddleware
+from services.kafka.prediction_log import PredictionLog
 from services.kafka.subscriber import ModelSubscriber
 from services.kafka.topics import MODEL_EVENTS, MODELS, PREDICTIONS, SCORING_PARTITIONS, plain_topic
 
@@ -104,7 +104,7 @@ def create_app(settings: StreamingSettings) -> Any:
         return ModelSubscriber(settings.bootstrap_servers, settings.models_topic, settings.model_name, handler,
                                backoff_max_s=settings.backoff_max_s, client_id=f"{APP_NAME}-{events.instance}")
 
-    backend: Any = HotSwapBackend(
+    backend = HotSwapBackend(
         model_name=settings.model_name,
         key=key,
         events=events,
@@ -112,13 +112,12 @@ def create_app(settings: StreamingSettings) -> Any:
         reference_card=reference_card(settings),
         options=RuntimeOptions(settings.intra_op_threads, settings.inter_op_threads),
     )
-    plog = None
+    sinks: tuple[PredictionLog, ...] = ()
     if settings.prediction_log:
-        plog = PredictionLog(settings.prediction_log_bootstrap_servers or settings.bootstrap_servers,
+        sinks = (PredictionLog(settings.prediction_log_bootstrap_servers or settings.bootstrap_servers,
                              settings.predictions_topic, app=APP_NAME,
                              buffer_size=settings.prediction_log_buffer, include_inputs=settings.prediction_log_inputs,
-                             topic_partitions=SCORING_PARTITIONS)
-        backend = LoggedBackend(backend, plog)
+                             topic_partitions=SCORING_PARTITIONS),)
     app: Any = build_app(
         backend,
         app_name=APP_NAME,
@@ -126,10 +125,9 @@ def create_app(settings: StreamingSettings) -> Any:
         max_batch_size=settings.max_batch_size,
         range_policy=settings.range_policy,
         range_margin=settings.range_margin,
+        sinks=sinks,
     )
     app.state.backend = backend
-    if plog is not None:
-        app = PredictionLogMiddleware(app, plog)
     return app
 
 

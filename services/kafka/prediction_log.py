@@ -24,15 +24,10 @@ Record key: the request id. Value, schema 1:
 
 Enabling it in a service
 ------------------------
-Any service can call `emit()` directly. For the consuming app (any `Backend`), two wrappers do
-it without touching the shared API code:
-
-    plog = PredictionLog(bootstrap_servers, topic="predictions", app="my-app")
-    backend = LoggedBackend(backend, plog)            # records the rows and the answer
-    app = build_app(backend, ...)
-    app = PredictionLogMiddleware(app, plog)          # adds request id and latency, then emits
-
-The streaming app does exactly this when `STREAMING_PREDICTION_LOG=true`.
+`PredictionLog` is a `services.apps.backend.PredictionSink`: pass it to the consuming app's
+`build_app(..., sinks=(PredictionLog(bootstrap_servers, app="my-app"),))` and every answered
+request is logged. The streaming app does so when `STREAMING_PREDICTION_LOG=true`. Other
+services call `emit()` directly.
 """
 
 from __future__ import annotations
@@ -40,21 +35,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
 import orjson
 
-from services.apps.backend import Backend, BackendResult
-from services.core.card import ModelCard
+from services.apps.backend import BackendResult, PredictionSink
 from services.kafka.emitter import BackgroundEmitter
 from services.kafka.topics import PREDICTIONS, plain_topic
 
 SCHEMA = 1
 
 
-class PredictionLog:
+class PredictionLog(PredictionSink):
     def __init__(
         self,
         bootstrap_servers: str,
@@ -74,11 +67,18 @@ class PredictionLog:
             topics=[plain_topic(topic, topic_partitions)],
         )
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self.emitter.start()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.close)
 
     def close(self, timeout_s: float = 2.0) -> None:
         self.emitter.close(timeout_s)
+
+    def record(self, request_id: str, x: np.ndarray, result: BackendResult, latency_s: float) -> None:
+        self.emit(request_id, result.model_name, result.model_version, x, result.labels, result.probabilities,
+                  latency_s)
 
     def emit(
         self,
@@ -114,80 +114,6 @@ class PredictionLog:
         if self.include_inputs:
             event["inputs"] = x
         return orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-# -- wiring for the consuming app (any Backend) ----------------------------------------------------
-
-_slot: ContextVar[dict | None] = ContextVar("prediction_log_slot", default=None)
-
-
-class LoggedBackend(Backend):
-    """Wraps a backend: notes the rows and the answer of the current request for the middleware."""
-
-    def __init__(self, inner: Backend, log: PredictionLog) -> None:
-        self.inner = inner
-        self.log = log
-
-    @property
-    def ready(self) -> bool:
-        return self.inner.ready
-
-    @property
-    def card(self) -> ModelCard:
-        return self.inner.card
-
-    async def start(self) -> None:
-        self.log.start()
-        await self.inner.start()
-
-    async def stop(self) -> None:
-        try:
-            await self.inner.stop()
-        finally:
-            await asyncio.to_thread(self.log.close)
-
-    async def predict(self, x: np.ndarray) -> BackendResult:
-        result = await self.inner.predict(x)
-        slot = _slot.get()
-        if slot is not None:
-            slot["x"], slot["result"] = x, result
-        return result
-
-    def __getattr__(self, name: str) -> Any:  # the wrapped backend's extras (e.g. .model, .subscriber)
-        return getattr(self.inner, name)
-
-
-class PredictionLogMiddleware:
-    """Pure ASGI middleware: on a successful prediction response, emit its event (request id from
-    the response's x-request-id header, latency from request start to response start)."""
-
-    def __init__(self, app: Any, log: PredictionLog, path: str = "/predict") -> None:
-        self.app = app
-        self.log = log
-        self.path = path
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
-            await self.app(scope, receive, send)
-            return
-        slot: dict[str, Any] = {}
-        token = _slot.set(slot)
-        started = time.perf_counter()
-
-        async def send_and_log(message: dict) -> None:
-            if message["type"] == "http.response.start" and "result" in slot and message.get("status") == 200:
-                result: BackendResult = slot["result"]
-                request_id = next(
-                    (v.decode() for k, v in message.get("headers", []) if k.lower() == b"x-request-id"), ""
-                )
-                self.log.emit(request_id, result.model_name, result.model_version, slot["x"], result.labels,
-                              result.probabilities, time.perf_counter() - started)
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_log)
-        finally:
-            _slot.reset(token)
 
 
 def decode_event(value: bytes) -> dict[str, Any]:
