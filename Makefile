@@ -9,12 +9,13 @@ COMPAT_STAMP := $(COMPAT)/.setup-stamp
 PATTERN ?= embedded
 PYTEST_ARGS ?=
 
-.PHONY: help setup compat-setup models kafka-fetch promtool test test-unit test-integration test-compat demo up down status lint clean
+.PHONY: help setup compat-setup models kafka-fetch promtool test test-unit test-integration test-compat demo up down status lint clean bench-serving
 
 help:
 	@echo "make demo                  set up, build models, run every pattern locally, print what it saw"
 	@echo "make test                  set up and run the whole test suite"
 	@echo "make up PATTERN=embedded   start a pattern in the background (make down stops it)"
+	@echo "make bench-serving         benchmark every way of serving side by side -> reports/serving.md"
 	@echo "make models | lint | status | clean"
 
 setup: $(STAMP)
@@ -73,6 +74,13 @@ down: setup
 
 status: setup
 	@$(PY) -m services.stack status
+
+# Benchmark, not a test: every way of serving the same models side by side -> reports/serving.md + PNGs.
+# ~13 min; creates .venv-mlserver (pinned: loadtests/baselines/mlserver-requirements.txt) on first use.
+# BENCH_ARGS=--quick: ~2.5 min smoke run into .run/bench-quick/.
+BENCH_ARGS ?=
+bench-serving: setup models
+	@$(PY) -m loadtests.bench_serving $(BENCH_ARGS)
 
 lint: setup
 	@$(PY) -m ruff check services models loadtests tests

@@ -1,0 +1,1 @@
+"""`make bench-serving`: see __main__.py and loadtests/README.md."""

@@ -1,0 +1,108 @@
+"""Locust: TensorFlow Serving gRPC `PredictionService/Predict`.
+
+    .venv/bin/python -m locust -f loadtests/locust_tfs_grpc.py --headless --host 127.0.0.1:8500 \
+        --model wine --model-version 2 --load-profile batched
+
+Locust has no gRPC client of its own: `GrpcUser` opens one channel per user through
+`LocustInterceptor`, a client interceptor that times every call and fires Locust's `request`
+event, so gRPC calls land in the same statistics as HTTP ones. grpcio runs under gevent
+(`grpc.experimental.gevent.init_gevent()`), as Locust's users are greenlets. `--host` is
+`host:port` (a `grpc://` prefix is accepted). The messages are the model server's wire-compatible
+TF Serving protos, so no TensorFlow is needed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+# Locust imports a locustfile by path: make `loadtests` and `services` importable from the repo root.
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import grpc  # noqa: E402
+import grpc.experimental.gevent as grpc_gevent  # noqa: E402
+from locust import User, constant, task  # noqa: E402
+from locust.exception import LocustError  # noqa: E402
+
+from loadtests.locust_support import model_from, profile_shape  # noqa: E402
+from loadtests.payloads import tfs_predict_request  # noqa: E402
+from services.model_server.tfs_proto import prediction_service_pb2_grpc  # noqa: E402
+
+grpc_gevent.init_gevent()
+
+
+class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
+    """Times each unary call and reports it to Locust as a `grpc` request."""
+
+    def __init__(self, environment) -> None:
+        self.environment = environment
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        started = time.perf_counter()
+        response, exception, length = None, None, 0
+        try:
+            response = continuation(client_call_details, request)
+            length = response.result().ByteSize()
+        except grpc.RpcError as exc:
+            exception = exc
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=client_call_details.method,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=length,
+            response=response,
+            context=None,
+            exception=exception,
+        )
+        return response
+
+
+class GrpcUser(User):
+    """Abstract: a user with a gRPC `stub` (of `stub_class`) on its own intercepted channel."""
+
+    abstract = True
+    stub_class: type | None = None
+
+    def __init__(self, environment) -> None:
+        super().__init__(environment)
+        if not self.host:
+            raise LocustError("give the gRPC target with --host host:port")
+        if self.stub_class is None:
+            raise LocustError(f"{type(self).__name__} sets no stub_class")
+        target = self.host.removeprefix("grpc://").removeprefix("http://").rstrip("/")
+        self._channel = grpc.intercept_channel(grpc.insecure_channel(target), LocustInterceptor(environment))
+        self.stub = self.stub_class(self._channel)
+
+    def on_stop(self) -> None:
+        self._channel.close()
+
+
+class TfsPredictUser(GrpcUser):
+    abstract = True
+    stub_class = prediction_service_pb2_grpc.PredictionServiceStub
+    rows = 1
+    wait_time = constant(0)
+    timeout_s = 10.0
+
+    def on_start(self) -> None:
+        self.request = tfs_predict_request(model_from(self.environment), self.rows)
+
+    @task
+    def predict(self) -> None:
+        try:
+            self.stub.Predict(self.request, timeout=self.timeout_s)
+        except grpc.RpcError:
+            pass  # already reported as a failure by the interceptor
+
+
+class TfsOneRow(TfsPredictUser):
+    rows = 1
+
+
+class TfsBatch64(TfsPredictUser):
+    rows = 64
+
+
+Profile = profile_shape(one_row=TfsOneRow, batch=TfsBatch64)

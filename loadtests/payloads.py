@@ -1,0 +1,112 @@
+"""Request bodies every load generator here sends, built once from a model's holdout set.
+
+The same rows go to every target, encoded for its protocol:
+
+- KServe V2 / Open Inference Protocol JSON (the model server's REST, MLServer, the FastAPI baseline):
+  ``{"inputs": [{"name": "input", "shape": [n, f], "datatype": "FP32", "data": [...]}]}``
+- the app's ``/predict``: ``{"instances": [[...], ...]}``
+- TensorFlow Serving ``PredictRequest`` (gRPC): ``inputs["input"]`` as a float32 ``TensorProto``
+  in ``tensor_content``, serialized once (``tfs_predict_request``).
+
+Rows cycle through the holdout set, so an n-row request is the first n holdout rows repeated as
+needed. Values are the holdout's float32 values written as the CSV has them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REPOSITORY = REPO_ROOT / "models" / "repository"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: int
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+@cache
+def holdout_rows(name: str, version: int, repository: Path = DEFAULT_REPOSITORY) -> tuple[list[str], list[list[float]]]:
+    """(feature names, rows) of a model version's holdout set; rows as Python floats, label dropped."""
+    path = repository / name / str(version) / "holdout.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make models`")
+    with path.open() as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = [[float(v) for v in r[:-1]] for r in reader]
+    return header[:-1], rows
+
+
+def rows_for(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSITORY) -> list[list[float]]:
+    _, rows = holdout_rows(model.name, model.version, repository)
+    return [rows[i % len(rows)] for i in range(n)]
+
+
+def v2_infer_path(model: ModelRef) -> str:
+    return f"/v2/models/{model.name}/versions/{model.version}/infer"
+
+
+def v2_infer_body(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSITORY) -> bytes:
+    rows = rows_for(model, n, repository)
+    tensor = {
+        "name": "input",
+        "shape": [n, len(rows[0])],
+        "datatype": "FP32",
+        "data": [v for row in rows for v in row],
+    }
+    return json.dumps({"inputs": [tensor]}, separators=(",", ":")).encode()
+
+
+def app_predict_body(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSITORY) -> bytes:
+    return json.dumps({"instances": rows_for(model, n, repository)}, separators=(",", ":")).encode()
+
+
+TFS_PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+
+
+def tfs_predict_request(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSITORY):
+    """A TF Serving PredictRequest message (our wire-compatible protos; no TensorFlow)."""
+    from services.model_server.tfs_proto import predict_pb2
+    from services.model_server.tfs_proto.tensors import from_numpy
+
+    x = np.asarray(rows_for(model, n, repository), dtype=np.float32)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model.name
+    request.model_spec.version.value = model.version
+    request.inputs["input"].CopyFrom(from_numpy(x))
+    return request
+
+
+def check_v2_response(body: bytes, rows: int) -> None:
+    """Raise ValueError unless a KServe V2 response carries `rows` labels."""
+    data = json.loads(body)
+    outputs = {o["name"]: o for o in data.get("outputs", [])}
+    label = outputs.get("label")
+    if label is None or label["shape"][0] != rows:
+        raise ValueError(f"V2 response without {rows} labels: {body[:200]!r}")
+
+
+def check_app_response(body: bytes, rows: int) -> None:
+    data = json.loads(body)
+    if len(data.get("labels", [])) != rows:
+        raise ValueError(f"/predict response without {rows} labels: {body[:200]!r}")
+
+
+def check_tfs_response(raw: bytes, rows: int) -> None:
+    from services.model_server.tfs_proto import predict_pb2
+    from services.model_server.tfs_proto.tensors import to_numpy
+
+    response = predict_pb2.PredictResponse.FromString(raw)
+    if "label" not in response.outputs or to_numpy(response.outputs["label"]).shape[0] != rows:
+        raise ValueError(f"PredictResponse without {rows} labels: outputs {sorted(response.outputs)}")
