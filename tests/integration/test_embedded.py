@@ -95,3 +95,17 @@ def test_chunked_oversized_body_is_refused_without_content_length(app_url):
 
     r = httpx.post(f"{app_url}/predict", content=chunks())
     assert r.status_code == 413 and r.json()["field"] == "body"
+
+
+def test_sigterm_drains_and_exits_zero(start_service):
+    port = free_port()
+    proc = start_service(
+        ServiceProcess(
+            "embedded",
+            ["-m", "services.apps.embedded"],
+            env={"EMBEDDED_PORT": str(port)},
+            ready=http_ready(f"http://127.0.0.1:{port}/readyz"),
+        )
+    )
+    assert httpx.post(f"http://127.0.0.1:{port}/predict", json={"instances": [[1.0] * 30]}).status_code == 200
+    assert proc.stop() == 0

@@ -1,0 +1,105 @@
+"""Prometheus metrics of the router (exposed at /metrics).
+
+    router_requests_total{variant, policy, status}    counter   answered requests; variant = who answered
+                                                                ("" when none did), status = HTTP status
+    router_request_seconds{policy}                    histogram request in to response out, router's view
+    router_upstream_seconds{variant}                  histogram one upstream attempt (primary path)
+    router_upstream_errors_total{variant, kind}       counter   connect | timeout | reset | protocol | http_5xx
+    router_failover_total{from_variant, to_variant, reason}     reason: error | ejected
+    router_ejections_total{variant}                   counter   outlier ejections
+    router_variant_ejected{variant}                   gauge     1 while a variant is ejected
+    router_decisions_total{variant, reason}           counter   sticky-hash | weighted-random | override | ...
+    router_feedback_total{outcome}                    counter   applied | not_found | gone | conflict | invalid_input
+    router_pending_feedback                           gauge     decisions awaiting feedback
+    router_config_version                             gauge     version of the routing config in force
+    router_config_reloads_total{source, outcome}      counter   file | admin; applied | rejected | unchanged
+    router_shadow_mirrored_total{variant}             counter   mirrors sent
+    router_shadow_dropped_total{variant}              counter   mirrors dropped because the queue was full
+    router_shadow_skipped_total{variant}              counter   mirrors not sent because the shadow was ejected
+    router_shadow_errors_total{variant, kind}         counter   mirrors that failed (the client never notices)
+    router_shadow_compared_rows_total{variant}        counter   rows whose outputs were compared
+    router_shadow_agreeing_rows_total{variant}        counter   rows where shadow and primary labels agree
+    router_shadow_abs_prob_diff_sum{variant}          counter   sum over rows of mean |p_shadow - p_primary|
+    router_shadow_upstream_seconds{variant}           histogram latency of mirrored requests
+    router_shadow_latency_diff_seconds{variant}       gauge     mean (shadow - primary) latency so far
+    router_shadow_queue_depth                         gauge     mirrors waiting
+
+Label agreement rate = agreeing_rows / compared_rows; mean absolute probability difference =
+abs_prob_diff_sum / compared_rows (both as PromQL `rate()` ratios for a moving window).
+Label values are variant names from the config, never client input. The hot path never calls
+`.labels()`: children are resolved once per variant (`VariantMetrics`).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
+
+REQUESTS = Counter("router_requests", "Requests answered by the router.", ["variant", "policy", "status"])
+REQUEST_SECONDS = Histogram(
+    "router_request_seconds", "Request in to response out, as the router sees it.", ["policy"], buckets=LATENCY_BUCKETS
+)
+UPSTREAM_SECONDS = Histogram(
+    "router_upstream_seconds", "One upstream attempt on the primary path.", ["variant"], buckets=LATENCY_BUCKETS
+)
+UPSTREAM_ERRORS = Counter("router_upstream_errors", "Failed upstream attempts.", ["variant", "kind"])
+FAILOVER = Counter(
+    "router_failover", "Requests sent to the fallback variant.", ["from_variant", "to_variant", "reason"]
+)
+EJECTIONS = Counter("router_ejections", "Outlier ejections.", ["variant"])
+EJECTED = Gauge("router_variant_ejected", "1 while a variant is ejected.", ["variant"])
+DECISIONS = Counter("router_decisions", "Policy decisions by reason.", ["variant", "reason"])
+FEEDBACK = Counter("router_feedback", "Feedback calls by outcome.", ["outcome"])
+PENDING = Gauge("router_pending_feedback", "Decisions awaiting feedback.")
+CONFIG_VERSION = Gauge("router_config_version", "Version of the routing config in force.")
+CONFIG_RELOADS = Counter("router_config_reloads", "Routing config changes tried.", ["source", "outcome"])
+
+SHADOW_MIRRORED = Counter("router_shadow_mirrored", "Mirrored requests sent.", ["variant"])
+SHADOW_DROPPED = Counter("router_shadow_dropped", "Mirrors dropped: queue full.", ["variant"])
+SHADOW_SKIPPED = Counter("router_shadow_skipped", "Mirrors not sent: shadow ejected.", ["variant"])
+SHADOW_ERRORS = Counter("router_shadow_errors", "Mirrored requests that failed.", ["variant", "kind"])
+SHADOW_ROWS = Counter("router_shadow_compared_rows", "Rows compared between shadow and primary.", ["variant"])
+SHADOW_AGREE = Counter("router_shadow_agreeing_rows", "Compared rows with the same label.", ["variant"])
+SHADOW_PROB_DIFF = Counter(
+    "router_shadow_abs_prob_diff_sum", "Sum over rows of the mean absolute probability difference.", ["variant"]
+)
+SHADOW_SECONDS = Histogram(
+    "router_shadow_upstream_seconds", "Latency of mirrored requests.", ["variant"], buckets=LATENCY_BUCKETS
+)
+SHADOW_LATENCY_DIFF = Gauge("router_shadow_latency_diff_seconds", "Mean shadow minus primary latency.", ["variant"])
+SHADOW_QUEUE = Gauge("router_shadow_queue_depth", "Mirrors waiting to be sent.")
+
+
+class VariantMetrics:
+    """Per-variant metric children, resolved once (a `.labels()` call costs microseconds)."""
+
+    __slots__ = ("name", "policy", "upstream_seconds", "_requests", "_errors", "_decisions")
+
+    def __init__(self, name: str, policy: str) -> None:
+        self.name = name
+        self.policy = policy
+        self.upstream_seconds = UPSTREAM_SECONDS.labels(name)
+        self._requests: dict[int, object] = {}
+        self._errors: dict[str, object] = {}
+        self._decisions: dict[str, object] = {}
+
+    def request(self, status: int) -> None:
+        child = self._requests.get(status)
+        if child is None:
+            child = self._requests[status] = REQUESTS.labels(self.name, self.policy, str(status))
+        child.inc()  # type: ignore[attr-defined]
+
+    def upstream_error(self, kind: str) -> None:
+        child = self._errors.get(kind)
+        if child is None:
+            child = self._errors[kind] = UPSTREAM_ERRORS.labels(self.name, kind)
+        child.inc()  # type: ignore[attr-defined]
+
+    def decision(self, reason: str) -> None:
+        child = self._decisions.get(reason)
+        if child is None:
+            child = self._decisions[reason] = DECISIONS.labels(self.name, reason)
+        child.inc()  # type: ignore[attr-defined]

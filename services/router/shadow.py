@@ -1,0 +1,317 @@
+"""The shadow mirror: copies of answered requests go to shadow variants, off the response path.
+
+    primary path:  request -> primary -> response to the client -> mirror.offer(...)  (put_nowait)
+    off the path:  worker tasks -> shadow variant -> compare with the primary's answer -> stats
+
+`offer` never waits: the queue is bounded (`shadow.queue_size`) and a full queue drops the
+mirror and counts it. Workers (`shadow.workers`) send each mirror with its own timeout; a shadow
+that is down, slow or ejected costs the client nothing — its errors are only counted. A mirror
+is offered after the client's response is sent, so the shadow never competes with the primary
+for the request's own time.
+
+Comparison of KServe V2 answers, per shadow variant: label agreement rate (rows whose `label`
+output is equal), mean absolute probability difference (per row, mean over classes of
+|p_shadow - p_primary|; then averaged over rows), the latency difference (shadow - primary,
+mean and percentiles of recent requests) and shadow errors by kind. Exposed as metrics
+(`router_shadow_*`) and at GET /shadow/summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from services.router import metrics
+from services.router.upstream import Response, UpstreamError
+
+log = logging.getLogger(__name__)
+_RECENT = 2048
+
+
+@dataclass(slots=True)
+class Mirror:
+    shadow: Any  # the runtime Variant (services.router.service.Variant)
+    body: bytes
+    headers: bytes
+    primary_variant: str
+    primary_status: int
+    primary_body: bytes | None
+    primary_latency_s: float
+    request_id: str
+
+
+@dataclass(slots=True)
+class _Children:
+    mirrored: Any
+    dropped: Any
+    skipped: Any
+    seconds: Any
+    rows: Any
+    agree: Any
+    prob_diff: Any
+    latency_diff: Any
+
+
+@dataclass
+class ShadowStats:
+    """Running comparison of one shadow variant against whatever answered the client."""
+
+    variant: str
+    mirrored: int = 0
+    dropped: int = 0
+    skipped_ejected: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    compared_requests: int = 0
+    incomparable: int = 0
+    rows: int = 0
+    agreeing_rows: int = 0
+    abs_diff_sum: float = 0.0
+    abs_diff_max: float = 0.0
+    latency_n: int = 0
+    latency_diff_sum: float = 0.0
+    primary_recent: deque = field(default_factory=lambda: deque(maxlen=_RECENT))
+    shadow_recent: deque = field(default_factory=lambda: deque(maxlen=_RECENT))
+    m: Any = None
+    """Metric children of this variant, resolved once."""
+
+    def __post_init__(self) -> None:
+        name = self.variant
+        self.m = _Children(
+            mirrored=metrics.SHADOW_MIRRORED.labels(name), dropped=metrics.SHADOW_DROPPED.labels(name),
+            skipped=metrics.SHADOW_SKIPPED.labels(name), seconds=metrics.SHADOW_SECONDS.labels(name),
+            rows=metrics.SHADOW_ROWS.labels(name), agree=metrics.SHADOW_AGREE.labels(name),
+            prob_diff=metrics.SHADOW_PROB_DIFF.labels(name), latency_diff=metrics.SHADOW_LATENCY_DIFF.labels(name),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        def pct(values: deque, q: float) -> float | None:
+            return round(float(np.percentile(np.fromiter(values, float), q)) * 1e3, 3) if values else None
+
+        return {
+            "variant": self.variant,
+            "mirrored": self.mirrored,
+            "dropped_queue_full": self.dropped,
+            "skipped_ejected": self.skipped_ejected,
+            "errors": dict(self.errors),
+            "error_count": sum(self.errors.values()),
+            "compared_requests": self.compared_requests,
+            "incomparable": self.incomparable,
+            "compared_rows": self.rows,
+            "label_agreement_rate": self.agreeing_rows / self.rows if self.rows else None,
+            "mean_abs_prob_diff": self.abs_diff_sum / self.rows if self.rows else None,
+            "max_abs_prob_diff": self.abs_diff_max if self.rows else None,
+            "latency": {
+                "samples": self.latency_n,
+                "mean_diff_ms": round(self.latency_diff_sum / self.latency_n * 1e3, 3) if self.latency_n else None,
+                "primary_p50_ms": pct(self.primary_recent, 50),
+                "shadow_p50_ms": pct(self.shadow_recent, 50),
+                "primary_p99_ms": pct(self.primary_recent, 99),
+                "shadow_p99_ms": pct(self.shadow_recent, 99),
+                "window": f"last {_RECENT} compared requests",
+            },
+        }
+
+
+SendFn = Callable[[Any, bytes, bytes, float], Awaitable[tuple[Response, float]]]
+
+
+class ShadowMirror:
+    """Bounded queue + worker tasks. Start with `start()`, stop with `await stop()`."""
+
+    def __init__(self, send: SendFn, *, queue_size: int, workers: int, timeout_s: float | None,
+                 sample_rate: float, is_ejected: Callable[[str], bool]) -> None:
+        self._send = send
+        self._is_ejected = is_ejected
+        self.timeout_s = timeout_s
+        self.sample_rate = sample_rate
+        self._queue: asyncio.Queue[Mirror] = asyncio.Queue(queue_size)
+        self._n_workers = workers
+        self._workers: list[asyncio.Task] = []
+        self.stats: dict[str, ShadowStats] = {}
+        self._rng = random.Random()
+
+    @property
+    def queue_size(self) -> int:
+        return self._queue.maxsize
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def reconfigure(self, *, queue_size: int, workers: int, timeout_s: float | None, sample_rate: float) -> None:
+        """Apply new shadow settings; a resized queue starts empty (mirrors are best effort)."""
+        self.timeout_s = timeout_s
+        self.sample_rate = sample_rate
+        if queue_size != self._queue.maxsize:
+            old = self._queue
+            self._queue = asyncio.Queue(queue_size)
+            while not old.empty() and not self._queue.full():
+                self._queue.put_nowait(old.get_nowait())
+            # workers blocked on the old queue's get() are restarted below
+            self._restart_workers(workers)
+        elif workers != self._n_workers:
+            self._restart_workers(workers)
+
+    def _restart_workers(self, workers: int) -> None:
+        running = bool(self._workers)
+        for task in self._workers:
+            task.cancel()
+        self._n_workers = workers
+        self._workers = []
+        if running:
+            self.start()
+
+    def start(self) -> None:
+        if self._workers:
+            return
+        self._workers = [asyncio.create_task(self._work(), name=f"shadow-{i}") for i in range(self._n_workers)]
+
+    async def stop(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+
+    def _stats(self, variant: str) -> ShadowStats:
+        stats = self.stats.get(variant)
+        if stats is None:
+            stats = self.stats[variant] = ShadowStats(variant)
+        return stats
+
+    def offer(self, shadows: list[Any], body: bytes, headers: bytes, primary_variant: str, primary_status: int,
+              primary_body: bytes | None, primary_latency_s: float, request_id: str) -> None:
+        """Queue one mirror per shadow; never blocks, drops (and counts) when the queue is full."""
+        if self.sample_rate < 1.0 and self._rng.random() >= self.sample_rate:
+            return
+        queue = self._queue
+        for shadow in shadows:
+            if self._is_ejected(shadow.name):
+                stats = self._stats(shadow.name)
+                stats.skipped_ejected += 1
+                stats.m.skipped.inc()
+                continue
+            try:
+                queue.put_nowait(Mirror(shadow, body, headers, primary_variant, primary_status, primary_body,
+                                        primary_latency_s, request_id))
+            except asyncio.QueueFull:
+                stats = self._stats(shadow.name)
+                stats.dropped += 1
+                stats.m.dropped.inc()
+
+    async def _work(self) -> None:
+        while True:
+            queue = self._queue
+            mirror = await queue.get()
+            try:
+                await self._mirror(mirror)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in comparison must not kill the worker
+                log.exception("shadow comparison failed", extra={"variant": mirror.shadow.name})
+
+    async def _mirror(self, mirror: Mirror) -> None:
+        stats = self._stats(mirror.shadow.name)
+        m = stats.m
+        timeout = self.timeout_s if self.timeout_s is not None else mirror.shadow.timeout_s
+        stats.mirrored += 1
+        m.mirrored.inc()
+        try:
+            resp, latency = await self._send(mirror.shadow, mirror.body, mirror.headers, timeout)
+        except UpstreamError as exc:
+            self._error(stats, exc.kind)
+            return
+        m.seconds.observe(latency)
+        if resp.status >= 400:
+            self._error(stats, f"http_{resp.status // 100}xx")
+            return
+        if mirror.primary_body is None or mirror.primary_status >= 400:
+            return
+        stats.latency_n += 1
+        stats.latency_diff_sum += latency - mirror.primary_latency_s
+        stats.primary_recent.append(mirror.primary_latency_s)
+        stats.shadow_recent.append(latency)
+        m.latency_diff.set(stats.latency_diff_sum / stats.latency_n)
+        result = compare_v2(mirror.primary_body, resp.body)
+        if result is None:
+            stats.incomparable += 1
+            return
+        rows, agree, diff_sum, diff_max = result
+        stats.compared_requests += 1
+        stats.rows += rows
+        stats.agreeing_rows += agree
+        stats.abs_diff_sum += diff_sum
+        stats.abs_diff_max = max(stats.abs_diff_max, diff_max)
+        m.rows.inc(rows)
+        m.agree.inc(agree)
+        m.prob_diff.inc(diff_sum)
+
+    def _error(self, stats: ShadowStats, kind: str) -> None:
+        stats.errors[kind] = stats.errors.get(kind, 0) + 1
+        metrics.SHADOW_ERRORS.labels(stats.variant, kind).inc()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "queue": {"depth": self._queue.qsize(), "size": self._queue.maxsize, "workers": self._n_workers},
+            "shadows": {name: s.summary() for name, s in self.stats.items()},
+        }
+
+
+def _outputs(body: bytes) -> dict[str, dict[str, Any]] | None:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    outputs = doc.get("outputs") if isinstance(doc, dict) else None
+    if not isinstance(outputs, list):
+        return None
+    return {o["name"]: o for o in outputs if isinstance(o, dict) and isinstance(o.get("name"), str) and "data" in o}
+
+
+def compare_v2(primary: bytes, shadow: bytes) -> tuple[int, int, float, float] | None:
+    """(rows, rows with equal labels, sum over rows of mean |dp|, max |dp|), or None if the two
+    answers cannot be compared (not JSON, binary outputs, no label output, shapes differ).
+
+    Plain Python for the usual few rows (numpy's per-call overhead is larger than the work)."""
+    a, b = _outputs(primary), _outputs(shadow)
+    if not a or not b or "label" not in a or "label" not in b:
+        return None
+    la, lb = _flat(a["label"]["data"]), _flat(b["label"]["data"])
+    if la is None or lb is None or len(la) != len(lb) or not la:
+        return None
+    rows = len(la)
+    agree = sum(1 for x, y in zip(la, lb, strict=True) if x == y)
+    diff_sum = diff_max = 0.0
+    if "probabilities" in a and "probabilities" in b:
+        pa, pb = _flat(a["probabilities"]["data"]), _flat(b["probabilities"]["data"])
+        if pa is not None and pb is not None and len(pa) == len(pb) and pa and len(pa) % rows == 0:
+            try:
+                diffs = [abs(float(x) - float(y)) for x, y in zip(pa, pb, strict=True)]
+            except (TypeError, ValueError):
+                return rows, agree, 0.0, 0.0
+            width = len(diffs) // rows
+            diff_sum = sum(diffs) / width  # = sum over rows of the row's mean |dp|
+            diff_max = max(diffs)
+    return rows, agree, diff_sum, diff_max
+
+
+def _flat(data: Any) -> list | None:
+    """A KServe V2 `data` field as a flat list (it may be flat or nested by the shape)."""
+    if not isinstance(data, list):
+        return None
+    if data and isinstance(data[0], list):
+        out: list = []
+        for item in data:
+            nested = _flat(item) if isinstance(item, list) else None
+            if nested is None:
+                return None
+            out += nested
+        return out
+    return data

@@ -1,0 +1,458 @@
+"""The router as a real process in front of real model servers (services.model_server).
+
+Two model servers are shared by the module (stable serves breast-cancer v1, candidate v2); tests
+that kill a server start their own victim. Every process is stopped at teardown, pass or fail.
+Traffic is bounded in count; waits are bounded polls, never timing assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.router.stack import model_server, router_process, v2_body
+from services.stack import promtool
+from services.stack.process import ServiceProcess
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "integration-token"
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """stable and candidate model servers, shared by the module's non-destructive tests."""
+    log_dir = tmp_path_factory.mktemp("model-servers")
+    started: list[ServiceProcess] = []
+    urls = {}
+    try:
+        for name in ("stable", "candidate"):
+            proc, url = model_server(f"model-server-{name}")
+            proc.start(log_dir)
+            started.append(proc)
+            urls[name] = url
+            urls[f"{name}-grpc"] = f"127.0.0.1:{proc.env['MODEL_SERVER_GRPC_PORT']}"
+        for proc in started:
+            proc.wait_ready(90)
+        yield urls
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def rows(holdout) -> list[tuple[list[float], int]]:
+    _, x, y = holdout
+    return list(zip(x.tolist(), y.tolist(), strict=True))
+
+
+def routing(urls: dict[str, str], kind: str = "canary", params: dict | None = None, **extra: Any) -> dict:
+    cfg = {
+        "name": "bc",
+        "model": "breast-cancer",
+        "variants": {
+            "stable": {"url": urls["stable"], "model": "breast-cancer", "version": 1, "timeout_s": 2.0},
+            "candidate": {"url": urls["candidate"], "model": "breast-cancer", "version": 2, "timeout_s": 2.0},
+        },
+        "policy": {"kind": kind,
+                   "params": params if params is not None else {"weights": {"stable": 70, "candidate": 30}}},
+        "fallback": "stable",
+    }
+    cfg.update(extra)
+    return cfg
+
+
+@dataclass
+class RouterHandle:
+    proc: ServiceProcess
+    url: str
+    config_path: Path
+    state_path: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10.0)
+
+    def admin(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def start_router(start_service, tmp_path) -> Callable[..., RouterHandle]:
+    def start(cfg: dict | None, *, name: str = "router", port: int | None = None, **env: str) -> RouterHandle:
+        config_path = tmp_path / "routing.yaml"
+        if cfg is not None:
+            config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        state_path = tmp_path / "router-state.json"
+        proc, url = router_process(config_path, state_path, name=name, port=port, ROUTER_ADMIN_TOKEN=TOKEN,
+                                   ROUTER_CONFIG_POLL_S="0.2", **env)
+        start_service(proc)
+        return RouterHandle(proc, url, config_path, state_path)
+
+    return start
+
+
+@dataclass
+class Traffic:
+    """Background clients sending holdout rows through the router until `total` requests are done."""
+
+    url: str
+    rows: list[tuple[list[float], int]]
+    total: int
+    threads: int = 4
+    keyed: bool = True
+    sent: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    variants: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> Traffic:
+        self._workers = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.threads)]
+        for t in self._workers:
+            t.start()
+        return self
+
+    def _next(self) -> int | None:
+        with self._lock:
+            if self.sent >= self.total:
+                return None
+            self.sent += 1
+            return self.sent
+
+    def _run(self, worker: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=10.0) as client:
+            while (i := self._next()) is not None:
+                row, _ = self.rows[i % len(self.rows)]
+                headers = {"x-user-id": f"user-{i}"} if self.keyed else {}
+                try:
+                    r = client.post("/v2/models/breast-cancer/infer", json=v2_body(row), headers=headers)
+                    status, variant = r.status_code, r.headers.get("x-variant", "")
+                    if status != 200:
+                        with self._lock:
+                            self.errors.append(f"{status}: {r.text[:200]}")
+                except httpx.HTTPError as exc:
+                    status, variant = 0, ""
+                    with self._lock:
+                        self.errors.append(f"transport: {exc!r}")
+                with self._lock:
+                    self.statuses[status] += 1
+                    self.variants.append(variant)
+
+    def wait_for(self, sent: int) -> None:
+        deadline = time.monotonic() + 120
+        while self.sent < sent and time.monotonic() < deadline and any(t.is_alive() for t in self._workers):
+            time.sleep(0.01)
+
+    def join(self) -> Traffic:
+        for t in self._workers:
+            t.join(180)
+        assert not any(t.is_alive() for t in self._workers), "traffic did not finish"
+        return self
+
+    @property
+    def done(self) -> int:
+        return sum(self.statuses.values())
+
+
+def kill(proc: ServiceProcess) -> None:
+    """SIGKILL: no graceful drain, connections reset — the hard case for fail-over."""
+    assert proc.popen is not None
+    os.killpg(proc.popen.pid, signal.SIGKILL)
+    proc.popen.wait(10)
+
+
+def check_exposition(text: str) -> None:
+    """/metrics parses, and `promtool check metrics` accepts it when promtool is built."""
+    assert sum(1 for _ in text_string_to_metric_families(text)) > 10
+    if promtool.path() is not None:
+        result = promtool.check_metrics(text)
+        assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def poll(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- split, stickiness, answers ----------------------------------------------------------------------
+
+
+def test_canary_split_follows_the_weights_and_keys_stick(servers, rows, start_router) -> None:
+    router = start_router(routing(servers))
+    n = 1000
+    first: dict[str, str] = {}
+    with router.client() as client:
+        for i in range(n):
+            row, _ = rows[i % len(rows)]
+            r = client.post("/v2/models/breast-cancer/infer", json=v2_body(row), headers={"x-user-id": f"u{i}"})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            variant = r.headers["x-variant"]
+            expected_version = {"stable": "1", "candidate": "2"}[variant]
+            assert body["variant"] == variant and body["model_version"] == expected_version
+            assert r.headers["x-model-version"] == f"breast-cancer:{expected_version}"
+            assert body["request_id"] == r.headers["x-request-id"]
+            first[f"u{i}"] = variant
+        share = sum(v == "candidate" for v in first.values()) / n
+        # 30% expected; binomial sd = sqrt(.3 * .7 / 1000) = 1.45 points: allow 4.5 sd
+        assert abs(share - 0.30) < 0.065, share
+        for i in range(0, n, 5):  # the same keys again: the same variants
+            row, _ = rows[i % len(rows)]
+            r = client.post("/v2/models/breast-cancer/infer", json=v2_body(row), headers={"x-user-id": f"u{i}"})
+            assert r.headers["x-variant"] == first[f"u{i}"]
+        forced = client.post("/v2/models/breast-cancer/infer", json=v2_body(rows[0][0]),
+                             headers={"x-user-id": "u0", "x-variant": "candidate"})
+        assert forced.headers["x-variant"] == "candidate"
+        metrics = client.get("/metrics").text
+    assert 'router_requests_total{policy="canary",status="200",variant="candidate"}' in metrics
+    assert "router_config_version 1.0" in metrics
+
+
+def test_model_server_errors_pass_through_with_the_routers_headers(servers, start_router) -> None:
+    router = start_router(routing(servers))
+    with router.client() as client:
+        r = client.post("/v2/models/breast-cancer/infer", json=v2_body([1.0] * 29), headers={"x-user-id": "u1"})
+        assert r.status_code == 400 and "30" in r.json()["error"]  # the model server names the problem
+        assert r.headers["x-variant"] in ("stable", "candidate") and r.headers["x-request-id"]
+        meta = client.get("/v2/models/breast-cancer")
+        assert meta.status_code == 200 and meta.json()["name"] == "breast-cancer"
+        assert client.get("/v2/health/ready").json()["ready"] is True
+
+
+# -- shadow --------------------------------------------------------------------------------------------
+
+
+def test_shadow_killed_mid_traffic_costs_the_clients_nothing(servers, rows, start_router, start_service) -> None:
+    victim, victim_url = model_server("model-server-shadow-victim")
+    start_service(victim, 90)
+    urls = {"stable": servers["stable"], "candidate": victim_url}
+    router = start_router(routing(urls, kind="shadow", params={"primary": "stable", "shadows": ["candidate"]}))
+    traffic = Traffic(router.url, rows, total=900).start()
+    traffic.wait_for(300)
+    with router.client() as client:
+        poll(lambda: client.get("/shadow/summary").json()["shadows"].get("candidate", {}).get("compared_rows", 0) > 0,
+             "mirrors to be compared")
+        kill(victim)
+        traffic.join()
+        assert traffic.errors == [] and traffic.statuses == Counter({200: 900})
+        assert set(traffic.variants) == {"stable"}
+
+        def settled() -> bool:
+            s = client.get("/shadow/summary").json()
+            return s["queue"]["depth"] == 0 and s["shadows"]["candidate"]["error_count"] > 0
+
+        poll(settled, "shadow errors to be counted")
+        summary = client.get("/shadow/summary").json()["shadows"]["candidate"]
+        metrics = client.get("/metrics").text
+    assert summary["compared_rows"] > 0
+    assert summary["label_agreement_rate"] > 0.85  # v1 and v2 mostly agree on the holdout set
+    assert 0 < summary["mean_abs_prob_diff"] < 0.5
+    assert summary["latency"]["samples"] > 0
+    accounted = (summary["mirrored"] + summary["dropped_queue_full"] + summary["skipped_ejected"])
+    assert accounted == 900
+    assert 'router_shadow_errors_total{kind=' in metrics
+    check_exposition(metrics)
+
+
+# -- fail-over -----------------------------------------------------------------------------------------
+
+
+def test_failover_when_a_variant_is_killed_under_traffic(servers, rows, start_router, start_service) -> None:
+    victim, victim_url = model_server("model-server-canary-victim")
+    start_service(victim, 90)
+    urls = {"stable": servers["stable"], "candidate": victim_url}
+    cfg = routing(urls, params={"weights": {"stable": 50, "candidate": 50}},
+                  outlier_detection={"consecutive_failures": 3, "base_ejection_s": 30, "max_ejection_s": 60})
+    router = start_router(cfg)
+    total = 2000
+    traffic = Traffic(router.url, rows, total=total).start()
+    traffic.wait_for(400)
+    killed_at = traffic.sent
+    kill(victim)
+    traffic.join()
+    failed = total - traffic.statuses[200]
+    assert failed <= total * 0.001, traffic.errors[:5]
+    assert traffic.variants[:killed_at].count("candidate") > 0
+    assert traffic.variants[killed_at + 50:].count("candidate") == 0  # after the kill only stable answers
+    with router.client() as client:
+        metrics = client.get("/metrics").text
+        status = client.get("/policy").json()
+    assert 'router_failover_total{from_variant="candidate",reason="error",to_variant="stable"}' in metrics
+    assert 'router_ejections_total{variant="candidate"} 1.0' in metrics
+    assert status["variants"]["candidate"]["ejected"] is True
+    check_exposition(metrics)
+
+
+# -- config: hot reload, bad configs, admin auth --------------------------------------------------------
+
+
+def test_hot_reload_under_traffic_fails_no_request(servers, rows, start_router) -> None:
+    router = start_router(routing(servers, params={"weights": {"stable": 100, "candidate": 0}}))
+    traffic = Traffic(router.url, rows, total=2400).start()
+    with router.client() as client:
+        traffic.wait_for(400)
+        # 1. edit the file (atomic rename, as editors and ConfigMap updates do)
+        edited = routing(servers, params={"weights": {"stable": 0, "candidate": 100}})
+        tmp = router.config_path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(edited))
+        os.replace(tmp, router.config_path)
+        poll(lambda: client.get("/admin/routing", headers=router.admin()).json()["version"] == 2, "file reload")
+        at_file = traffic.sent
+        # 2. the admin API
+        traffic.wait_for(at_file + 400)
+        put = routing(servers, params={"weights": {"stable": 50, "candidate": 50}})
+        r = client.put("/admin/routing", content=yaml.safe_dump(put), headers=router.admin())
+        assert r.status_code == 200 and r.json()["version"] == 3 and r.json()["previous_version"] == 2
+        at_admin = traffic.sent
+        traffic.join()
+        got = client.get("/admin/routing", headers=router.admin()).json()
+    assert traffic.errors == [] and traffic.statuses == Counter({200: 2400})
+    v = traffic.variants
+    assert set(v[:300]) == {"stable"}
+    assert set(v[at_file + 50 : at_admin - 50]) == {"candidate"}
+    assert set(v[at_admin + 50 :]) == {"stable", "candidate"}
+    assert got["config"]["policy"]["params"]["weights"] == {"stable": 50.0, "candidate": 50.0}
+    log = router.proc.log_path.read_text()
+    changes = [json.loads(line) for line in log.splitlines() if '"routing config changed"' in line]
+    assert [(c["old_version"], c["new_version"], c["source"]) for c in changes] == [(1, 2, "file"), (2, 3, "admin")]
+
+
+def test_bad_config_is_rejected_and_the_old_one_stays(servers, rows, start_router) -> None:
+    router = start_router(routing(servers, params={"weights": {"stable": 100, "candidate": 0}}))
+    with router.client() as client:
+        bad = routing(servers, params={"weights": {"stable": 80, "candidate": 30}})
+        r = client.put("/admin/routing", content=yaml.safe_dump(bad), headers=router.admin())
+        assert r.status_code == 400
+        assert "policy.params.weights: weights sum to 110" in r.json()["error"]
+        typo = routing(servers)
+        typo["fallbak"] = "stable"
+        r = client.put("/admin/routing", content=yaml.safe_dump(typo), headers=router.admin())
+        assert r.status_code == 400 and "fallbak: unknown key" in r.json()["error"]
+        r = client.put("/admin/routing", content="variants: [", headers=router.admin())
+        assert r.status_code == 400 and "not valid YAML" in r.json()["error"]
+        assert client.get("/admin/routing", headers=router.admin()).json()["version"] == 1
+
+        router.config_path.write_text(yaml.safe_dump(routing(servers, kind="ab", params={"alpha": 3})))
+        poll(lambda: "routing config file rejected" in router.proc.log_path.read_text(), "the rejection to be logged")
+        rejected = [json.loads(line) for line in router.proc.log_path.read_text().splitlines()
+                    if '"routing config file rejected' in line][-1]
+        assert "alpha: Input should be less than 1" in rejected["error"] and rejected["version_in_force"] == 1
+        assert client.get("/admin/routing", headers=router.admin()).json()["version"] == 1
+        for i in range(20):  # still routing by the old config
+            r = client.post("/v2/models/breast-cancer/infer", json=v2_body(rows[i][0]), headers={"x-user-id": str(i)})
+            assert r.status_code == 200 and r.headers["x-variant"] == "stable"
+
+
+def test_admin_api_needs_the_right_bearer_token(servers, start_router) -> None:
+    router = start_router(routing(servers))
+    with router.client() as client:
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
+            r = client.get("/admin/routing", headers=headers)
+            assert r.status_code == 401, headers
+            assert r.json()["code"] == "unauthorized"
+            r = client.put("/admin/routing", content=yaml.safe_dump(routing(servers)), headers=headers)
+            assert r.status_code == 401
+        assert client.get("/admin/routing", headers=router.admin()).status_code == 200
+
+
+# -- persistence -----------------------------------------------------------------------------------------
+
+
+def test_restart_keeps_bandit_state(servers, rows, start_router) -> None:
+    cfg = routing(servers, kind="thompson", params={})
+    router = start_router(cfg)
+    pending = []
+    with router.client() as client:
+        for i, (row, label) in enumerate(rows[:120]):
+            r = client.post("/v2/models/breast-cancer/infer", json=v2_body(row))
+            assert r.status_code == 200
+            reward = int(r.json()["outputs"][0]["data"][0] == label)
+            if i % 4 == 3:
+                pending.append((r.headers["x-request-id"], reward))  # rewarded after the restart
+                continue
+            fb = client.post("/feedback", json={"request_id": r.headers["x-request-id"], "reward": reward})
+            assert fb.status_code == 200, fb.text
+        before = client.get("/bandit").json()["state"]
+    assert before["total_pulls"] == 120
+    assert router.proc.stop() == 0  # SIGTERM: drained, state saved, clean exit
+
+    again = start_router(None, name="router-restarted")
+    with again.client() as client:
+        after = client.get("/bandit").json()["state"]
+        assert after["arms"] == before["arms"] and after["total_pulls"] == before["total_pulls"]
+        assert after["posterior"] == before["posterior"]
+        for rid, reward in pending:  # decisions made before the restart still take their reward
+            assert client.post("/feedback", json={"request_id": rid, "reward": reward}).status_code == 200
+        final = client.get("/bandit").json()["state"]
+        assert sum(a["rewards"] for a in final["arms"].values()) == 120
+        assert client.get("/admin/routing", headers=again.admin()).json()["version"] == 1
+        unknown = client.post("/feedback", json={"request_id": "nope", "reward": 1})
+        assert unknown.status_code == 404
+
+
+# -- gRPC pass-through --------------------------------------------------------------------------------
+
+
+def test_grpc_predict_is_routed_and_fails_over(servers, rows, start_router) -> None:
+    import grpc
+    import numpy as np
+
+    from services.model_server.tfs_proto import model_pb2, predict_pb2
+    from services.model_server.tfs_proto.tensors import from_numpy, to_numpy
+    from services.router.grpc_proxy import PREDICT
+    from services.stack.process import free_port
+
+    cfg = routing(servers, params={"weights": {"stable": 50, "candidate": 50}})
+    cfg["variants"]["stable"]["grpc"] = servers["stable-grpc"]
+    cfg["variants"]["candidate"]["grpc"] = f"127.0.0.1:{free_port()}"  # nothing listens: fails over
+    port = free_port()
+    router = start_router(cfg, ROUTER_GRPC_PORT=str(port))
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    predict = channel.unary_unary(PREDICT, request_serializer=predict_pb2.PredictRequest.SerializeToString,
+                                  response_deserializer=predict_pb2.PredictResponse.FromString)
+
+    def request(row: list[float], name: str = "breast-cancer") -> predict_pb2.PredictRequest:
+        req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=name))
+        req.inputs["input"].CopyFrom(from_numpy(np.asarray([row], dtype=np.float32)))
+        return req
+
+    try:
+        served = Counter()
+        with router.client() as client:
+            for i, (row, _) in enumerate(rows[:40]):
+                resp, call = predict.with_call(request(row), metadata=(("x-user-id", f"u{i}"),), timeout=10)
+                trailing = dict(call.trailing_metadata())
+                served[trailing["x-variant"]] += 1
+                assert trailing["x-model-version"] == "breast-cancer:1" and trailing["x-request-id"]
+                rest = client.post("/v2/models/breast-cancer/infer", json=v2_body(row), headers={"x-variant": "stable"})
+                assert int(to_numpy(resp.outputs["label"])[0]) == rest.json()["outputs"][0]["data"][0]
+            metrics = client.get("/metrics").text
+        assert served == Counter({"stable": 40})  # the candidate's share failed over, then it was ejected
+        assert 'router_failover_total{from_variant="candidate"' in metrics
+        with pytest.raises(grpc.RpcError) as err:
+            predict(request(rows[0][0], name="wine"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "not routed here" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:  # the model server's verdict on bad input passes through
+            predict(request([1.0] * 29), metadata=(("x-variant", "stable"),), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert dict(err.value.trailing_metadata())["x-variant"] == "stable"
+    finally:
+        channel.close()
