@@ -9,13 +9,15 @@ COMPAT_STAMP := $(COMPAT)/.setup-stamp
 PATTERN ?= embedded
 PYTEST_ARGS ?=
 
-.PHONY: help setup compat-setup models kafka-fetch promtool test test-unit test-integration test-compat demo up down status lint clean bench-serving
+.PHONY: help setup compat-setup models kafka-fetch promtool test test-unit test-integration test-compat demo up down status lint clean bench-serving bench-router bench-kafka
 
 help:
 	@echo "make demo                  set up, build models, run every pattern locally, print what it saw"
 	@echo "make test                  set up and run the whole test suite"
 	@echo "make up PATTERN=embedded   start a pattern in the background (make down stops it)"
 	@echo "make bench-serving         benchmark every way of serving side by side -> reports/serving.md"
+	@echo "make bench-router          router overhead per policy -> reports/router.md"
+	@echo "make bench-kafka           model swap latency, stream-scoring throughput -> reports/kafka.md"
 	@echo "make models | lint | status | clean"
 
 setup: $(STAMP)
@@ -81,6 +83,14 @@ status: setup
 BENCH_ARGS ?=
 bench-serving: setup models
 	@$(PY) -m loadtests.bench_serving $(BENCH_ARGS)
+
+# Router overhead per policy against a model server alone -> reports/router.md (+ PNGs).
+bench-router: setup models
+	@$(PY) -m loadtests.bench_router $(BENCH_ARGS)
+
+# Model-as-data swap latency and stream-scoring throughput on the real broker -> reports/kafka.md.
+bench-kafka: setup models kafka-fetch
+	@$(PY) -m loadtests.bench_kafka $(BENCH_ARGS)
 
 lint: setup
 	@$(PY) -m ruff check services models loadtests tests
