@@ -65,7 +65,7 @@ test-unit: setup models
 test-integration: setup models kafka-fetch
 	@$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-demo: setup models
+demo: setup models kafka-fetch
 	@$(PY) -m services.stack.demo
 
 up: setup models
