@@ -16,7 +16,6 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from services.kafka.broker import MAX_MESSAGE_BYTES, REPO_ROOT, BrokerHandle
 
-
 pytestmark = pytest.mark.integration
 
 MODEL_SIZE = 2 * 1024 * 1024
