@@ -94,6 +94,7 @@ bench-kafka: setup models kafka-fetch
 
 lint: setup
 	@$(PY) -m ruff check services models loadtests tests
+	@$(PY) -m services.model_server.tfs_proto.generate --check
 
 clean:
 	rm -rf .run models/repository
