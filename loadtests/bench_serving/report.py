@@ -248,13 +248,14 @@ def write(out: Path, meta: dict, calibration: dict | None, cells: list[dict], *,
         f"{meta.get('source', {}).get('services_tree', '?')} (sha256 of its .py files "
         f"{meta.get('source', {}).get('services_sha256', '?')}). Model server settings: "
         "`MODEL_SERVER_VERSION_POLICY=all`, `MODEL_SERVER_BATCHING` false / true, "
-        "`MODEL_SERVER_BATCH_MAX_DELAY_MS=1.0`, the rest default (64 rows per batch, batch on a worker thread, "
-        "log level INFO); the embedded app with its defaults (range policy `flag`).",
+        "the rest default (64 rows per batch, max delay 0: a batch is what queued while the previous one ran, "
+        "run on the event loop; log level INFO); the embedded app with its defaults (range policy `flag`).",
         "- **Peers:** MLServer 1.7.1 in its own venv (`.venv-mlserver`, pinned by "
         "`loadtests/baselines/mlserver-requirements.txt`; uvloop 0.21 since 0.23 crashes its worker) with a "
         "custom ONNX Runtime `MLModel` (`loadtests/baselines/mlserver_onnx_runtime.py`; there is no mlserver-onnx "
         "package), `debug: false`, otherwise defaults (one parallel inference worker process); adaptive batching "
-        "= `max_batch_size` 32 requests, `max_batch_time` 1 ms. Model server batching = 64 rows, 1 ms. Baselines: "
+        "= `max_batch_size` 32 requests, `max_batch_time` 1 ms. Model server batching = 64 rows, no added delay. "
+        "Baselines: "
         "`loadtests/baselines/fastapi_app.py`, `loadtests/baselines/grpc_aio_server.py`.",
     ]
     for note in meta.get("env_notes") or []:

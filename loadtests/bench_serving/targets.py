@@ -79,7 +79,6 @@ def model_server(models: list[ModelRef], batching: bool, cpu: int | None) -> Ser
             "MODEL_SERVER_PORT": str(port),
             "MODEL_SERVER_GRPC_PORT": str(grpc_port),
             "MODEL_SERVER_BATCHING": "true" if batching else "false",
-            "MODEL_SERVER_BATCH_MAX_DELAY_MS": str(BATCH_MAX_DELAY_S * 1000),
             "MODEL_SERVER_VERSION_POLICY": "all",
         },
         ready=http_ready(f"http://127.0.0.1:{port}/v2/health/ready"),

@@ -8,7 +8,7 @@ The file is optional; every key in it is optional and falls back to the server-w
     batching:                          # dynamic batching of this model's versions
       enabled: true
       max_rows: 64                     # rows per ONNX Runtime call
-      max_delay_ms: 1.0                # longest wait for a batch to fill
+      max_delay_ms: 0                  # longest wait for a batch to fill (0: no timer)
       max_queue: 512                   # waiting requests per version before shedding
 
 It lives beside the versions so a release is one directory copy plus, optionally, one label
@@ -107,7 +107,7 @@ class VersionPolicy:
 class BatchingConfig:
     enabled: bool = False
     max_rows: int = 64
-    max_delay_s: float = 0.001
+    max_delay_s: float = 0.0
     max_queue: int = 512
     in_thread: bool = False
 

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -39,6 +40,7 @@ from services.model_server.repository import Registry, Servable
 from services.model_server.tfs_proto import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_pb2,
     model_service_pb2,
     model_service_pb2_grpc,
     predict_pb2,
@@ -61,6 +63,8 @@ SERVICE_NAMES = (
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
 )
 _STATES = get_model_status_pb2.ModelVersionStatus.State
+_DT_FLOAT = types_pb2.DT_FLOAT
+_F4 = np.dtype("<f4")
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: ServingError) -> NoReturn:
@@ -120,6 +124,51 @@ def signature_def_map(servable: Servable) -> get_model_metadata_pb2.SignatureDef
     return get_model_metadata_pb2.SignatureDefMap(signature_def={SIGNATURE: signature})
 
 
+class _GrpcView:
+    """What Predict needs of one servable, computed once per loaded version."""
+
+    __slots__ = ("input_name", "input_field", "model_spec", "metrics")
+
+    def __init__(self, servable: Servable) -> None:
+        self.input_name = servable.card.input.name
+        self.input_field = f"inputs[{self.input_name}]"
+        self.model_spec = model_pb2.ModelSpec(name=servable.name, signature_name=SIGNATURE)
+        self.model_spec.version.value = servable.version
+        self.metrics = servable.metrics.protocols["grpc"]
+
+
+def _view(servable: Servable) -> _GrpcView:
+    view = servable.cache.get("grpc_view")
+    if view is None:
+        view = servable.cache["grpc_view"] = _GrpcView(servable)
+    return view
+
+
+def predict_response(view: _GrpcView, labels: np.ndarray, probabilities: np.ndarray,
+                     wanted: Any = ()) -> predict_pb2.PredictResponse:
+    """The PredictResponse for these outputs (all of them unless `wanted` names some)."""
+    outputs = {}
+    if not wanted or "label" in wanted:
+        outputs["label"] = from_numpy(labels)
+    if not wanted or "probabilities" in wanted:
+        outputs["probabilities"] = from_numpy(probabilities)
+    return predict_pb2.PredictResponse(outputs=outputs, model_spec=view.model_spec)
+
+
+def _input_array(tensor: Any) -> np.ndarray:
+    """The request's input tensor as an array. The common case (float32 `tensor_content`, rows x
+    features) reads the bytes in place; anything else goes through `to_numpy`, which handles every
+    supported dtype and encoding and names what is wrong."""
+    if tensor.dtype == _DT_FLOAT:
+        content = tensor.tensor_content
+        dims = tensor.tensor_shape.dim
+        if content and len(dims) == 2 and not tensor.tensor_shape.unknown_rank:
+            rows, cols = dims[0].size, dims[1].size
+            if rows >= 0 and cols >= 0 and len(content) == rows * cols * 4:
+                return np.frombuffer(content, dtype=_F4).reshape(rows, cols)  # read-only; nothing writes to it
+    return to_numpy(tensor)
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
@@ -131,32 +180,25 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         servable = None
         try:
             servable = _resolve(self.registry, spec)
-            _check_signature(spec)
-            expected = servable.card.input.name
+            if spec.signature_name:
+                _check_signature(spec)
+            view = servable.cache.get("grpc_view") or _view(servable)
+            expected = view.input_name
             inputs = request.inputs
             if len(inputs) != 1 or expected not in inputs:
                 raise InvalidInput(f"PredictRequest.inputs must hold exactly the model's input {expected!r}, "
                                    f"got {sorted(inputs)}", field="inputs")
             try:
-                arr = to_numpy(inputs[expected])
+                arr = _input_array(inputs[expected])
             except ValueError as exc:
-                raise InvalidInput(f"inputs[{expected!r}]: {exc}", field=f"inputs[{expected}]") from exc
-            x = servable.contract.check_array(arr, field=f"inputs[{expected}]")
+                raise InvalidInput(f"inputs[{expected!r}]: {exc}", field=view.input_field) from exc
+            x = servable.contract.check_array(arr, field=view.input_field)
             wanted = request.output_filter
             if wanted and not set(wanted) <= _OUTPUTS:
                 raise InvalidInput(f"output_filter {sorted(set(wanted) - _OUTPUTS)} unknown; the model has "
                                    f"{sorted(_OUTPUTS)}", field="output_filter")
             labels, probabilities = await servable.predict(x)
-            outputs = {}
-            if not wanted or "label" in wanted:
-                outputs["label"] = from_numpy(labels)
-            if not wanted or "probabilities" in wanted:
-                outputs["probabilities"] = from_numpy(probabilities)
-            response = predict_pb2.PredictResponse(outputs=outputs)
-            out_spec = response.model_spec
-            out_spec.name = servable.name
-            out_spec.version.value = servable.version
-            out_spec.signature_name = SIGNATURE
+            response = predict_response(view, labels, probabilities, wanted)
         except ServingError as exc:
             if servable is not None:
                 servable.metrics.error("grpc", exc.code)
@@ -164,7 +206,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 name = spec.name if spec.name in self.registry.models else ""
                 metrics.count_error(name, "", "grpc", exc.code)
             await abort(context, exc)
-        m = servable.metrics.protocols["grpc"]
+        m = view.metrics
         m.ok.inc()
         m.seconds.observe(time.perf_counter() - started)
         return response

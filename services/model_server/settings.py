@@ -44,8 +44,9 @@ class ModelServerSettings(ServiceSettings):
     """Default for dynamic batching: coalesce concurrent requests into one ONNX Runtime call."""
     batch_max_rows: PositiveInt = 64
     """Dynamic batching: most rows in one ONNX Runtime call (a larger single request still runs, alone)."""
-    batch_max_delay_ms: NonNegativeFloat = 1.0
-    """Dynamic batching: longest the oldest queued request waits for the batch to fill."""
+    batch_max_delay_ms: NonNegativeFloat = 0.0
+    """Dynamic batching: longest the oldest queued request waits for the batch to fill. 0: no timer; a batch
+    is whatever queued while the previous one ran, and a lone request runs at once."""
     batch_max_queue: PositiveInt = 512
     """Dynamic batching: most requests waiting per model version; more are shed (503 / RESOURCE_EXHAUSTED)."""
     batch_in_thread: bool = False

@@ -142,3 +142,90 @@ def test_a_cancelled_caller_does_not_disturb_the_others(model, rows):
     labels, calls = asyncio.run(scenario())
     np.testing.assert_array_equal(labels, model.predict_sync(rows[:3]).labels)
     assert calls == [3]
+
+
+# -- max delay 0 (the default): no timer; a lone request runs at once ----------------------------
+
+
+def test_default_config_has_no_timer():
+    assert BatchingConfig().max_delay_s == 0.0
+
+
+def test_a_lone_request_runs_at_once_inline(model, rows):
+    async def scenario():
+        batcher, counting = make(model, max_rows=64, max_delay_s=0.0)
+        batcher.start()
+        got = await batcher.submit(rows[:3])
+        depth = batcher.depth
+        await batcher.close()
+        return got, depth, counting.calls
+
+    (labels, proba), depth, calls = asyncio.run(scenario())
+    assert calls == [3] and depth == 0
+    np.testing.assert_array_equal(labels, model.predict_sync(rows[:3]).labels)
+
+
+def test_with_no_delay_requests_arriving_together_are_still_coalesced(model, rows):
+    requests = [rows[i : i + 1 + i % 3] for i in range(40)]
+
+    async def scenario():
+        batcher, counting = make(model, max_rows=64, max_delay_s=0.0)
+        batcher.start()
+        got = await asyncio.gather(*(batcher.submit(x) for x in requests))
+        await batcher.close()
+        return got, counting.calls
+
+    got, calls = asyncio.run(scenario())
+    assert calls[0] == len(requests[0])  # the first of the turn ran at once ...
+    assert len(calls) < len(requests) and max(calls) <= 64  # ... the rest were batched
+    assert sum(calls) == sum(len(x) for x in requests)
+    for (labels, proba), x in zip(got, requests, strict=True):
+        expected = model.predict_sync(x)
+        np.testing.assert_array_equal(labels, expected.labels)
+        np.testing.assert_allclose(proba, expected.probabilities, rtol=0, atol=1e-6)
+
+
+def test_a_next_turn_request_runs_at_once_again(model, rows):
+    async def scenario():
+        batcher, counting = make(model, max_rows=64, max_delay_s=0.0)
+        batcher.start()
+        for i in range(5):
+            await batcher.submit(rows[i : i + 1])
+            await asyncio.sleep(0)
+        await batcher.close()
+        return counting.calls
+
+    assert asyncio.run(scenario()) == [1] * 5
+
+
+@pytest.mark.parametrize("in_thread", [False, True], ids=["inline", "thread"])
+def test_a_request_of_max_rows_never_waits_for_the_delay(model, rows, in_thread):
+    async def scenario():
+        with ThreadPoolExecutor(1) as pool:
+            batcher, counting = make(model, pool, max_rows=4, max_delay_s=10.0, in_thread=in_thread)
+            batcher.start()
+            labels, _ = await asyncio.wait_for(batcher.submit(rows[:6]), timeout=2.0)
+            await batcher.close()
+        return labels, counting.calls
+
+    labels, calls = asyncio.run(scenario())
+    assert calls == [6]
+    np.testing.assert_array_equal(labels, model.predict_sync(rows[:6]).labels)
+
+
+def test_queue_wait_is_observed_for_every_request_inline_or_queued(model, rows):
+    from prometheus_client import REGISTRY
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("model_server_queue_wait_seconds_count",
+                                         {"model_name": "wine", "model_version": "2"}) or 0.0
+
+    async def scenario():
+        batcher, _ = make(model, max_rows=64, max_delay_s=0.0)
+        batcher.start()
+        await asyncio.gather(*(batcher.submit(rows[i : i + 1]) for i in range(10)))
+        await batcher.close()
+
+    before = count()
+    asyncio.run(scenario())
+    assert count() - before == 10

@@ -1,0 +1,42 @@
+"""The gRPC Predict input fast path (float32 tensor_content read in place) must read exactly what
+the general `to_numpy` reads, and fall back to it (and its error messages) for everything else."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.model_server import grpc_server
+from services.model_server.tfs_proto import predict_pb2, types_pb2
+from services.model_server.tfs_proto.tensors import from_numpy, to_numpy
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(30, dtype=np.float32).reshape(1, 30),
+    np.arange(64 * 13, dtype=np.float32).reshape(64, 13),
+    np.arange(6, dtype=np.float64).reshape(2, 3),   # not float32: the general path
+    np.arange(6, dtype=np.int64).reshape(2, 3),
+    np.arange(6, dtype=np.float32).reshape(1, 2, 3),  # not 2-D: the general path (and its error later)
+])
+def test_input_fast_path_reads_what_to_numpy_reads(array):
+    proto = from_numpy(array)
+    got = grpc_server._input_array(proto)
+    want = to_numpy(proto)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+def test_input_fast_path_refuses_a_short_tensor_content_with_to_numpy_message():
+    proto = from_numpy(np.zeros((2, 3), np.float32))
+    proto.tensor_content = proto.tensor_content[:-4]
+    with pytest.raises(ValueError, match="needs 24 bytes of tensor_content"):
+        grpc_server._input_array(proto)
+
+
+def test_typed_float_values_still_work():
+    proto = predict_pb2.PredictRequest().inputs["input"]
+    proto.dtype = types_pb2.DT_FLOAT
+    proto.tensor_shape.dim.add().size = 2
+    proto.tensor_shape.dim.add().size = 2
+    proto.float_val.extend([1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(grpc_server._input_array(proto), [[1, 2], [3, 4]])
