@@ -39,23 +39,52 @@ def error_response(exc: ServingError) -> Response:
     return json_response(exc.to_dict(), exc.http_status, headers)
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
-    """The request body as JSON; 413 past `max_bytes` (checked before and while reading)."""
-    declared = request.headers.get("content-length")
+async def receive_body(receive: Any, declared: bytes | str | None, max_bytes: int) -> bytes | None:
+    """The raw body from an ASGI `receive`; 413 past `max_bytes` (checked against the declared
+    Content-Length first, then while reading); 400 when empty; None if the client disconnected."""
+    if isinstance(declared, bytes):
+        declared = declared.decode("latin-1")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {max_bytes}", field="body")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
             raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes", field="body")
         chunks.append(chunk)
-    body = b"".join(chunks)
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if not body:
         raise InvalidInput("request body is empty; send a JSON object", field="body")
+    return body
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body of a Starlette request (see `receive_body`)."""
+    body = await receive_body(request.receive, request.headers.get("content-length"), max_bytes)
+    if body is None:
+        raise InvalidInput("client disconnected before sending the whole body", field="body")
+    return body
+
+
+def parse_json_object(raw: bytes | memoryview) -> dict[str, Any]:
     try:
-        return orjson.loads(body)
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}", field="body") from exc
+    return require_json_object(data)
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request body as JSON; 413 past `max_bytes`, 400 when empty or not JSON."""
+    try:
+        return orjson.loads(await read_body(request, max_bytes))
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}", field="body") from exc
 

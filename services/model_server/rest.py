@@ -44,8 +44,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from services.core.errors import InvalidInput, NotFound, PayloadTooLarge, ServingError
-from services.core.http import EXCEPTION_HANDLERS, error_response, json_response
+from services.core.errors import InvalidInput, NotFound, ServingError
+from services.core.http import (
+    EXCEPTION_HANDLERS,
+    error_response,
+    json_response,
+    parse_json_object,
+    read_body,
+    receive_body,
+)
 from services.core.http import metrics as metrics_endpoint
 from services.model_server import metrics
 from services.model_server.repository import Registry, Servable
@@ -60,58 +67,6 @@ log = logging.getLogger(__name__)
 
 
 # -- request plumbing -----------------------------------------------------------------------
-
-
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The raw body; 413 past `max_bytes` (checked before and while reading)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {max_bytes}", field="body")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes", field="body")
-        chunks.append(chunk)
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    if not body:
-        raise InvalidInput("request body is empty; send a JSON object", field="body")
-    return body
-
-
-async def _receive_body(receive: Any, declared: bytes | None, max_bytes: int) -> bytes | None:
-    """The raw ASGI request body; 413 past `max_bytes`; None when the client disconnected."""
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"request body of {declared.decode()} bytes exceeds the limit of {max_bytes}",
-                              field="body")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes", field="body")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    if not body:
-        raise InvalidInput("request body is empty; send a JSON object", field="body")
-    return body
-
-
-def parse_json_object(raw: bytes | memoryview) -> dict[str, Any]:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}", field="body") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput(f"request body must be a JSON object, got {type(data).__name__}", field="body")
-    return data
 
 
 def _version_or_label(raw: str | None) -> tuple[int | None, str | None]:
@@ -370,7 +325,7 @@ def build_rest_app(registry: Registry, *, max_body_bytes: int, is_shutting_down=
                     declared = value
                 elif key == b"inference-header-content-length":
                     header_len = value
-            raw = await _receive_body(receive, declared, max_body_bytes)
+            raw = await receive_body(receive, declared, max_body_bytes)
             if raw is None:
                 return  # the client went away
             binary = None

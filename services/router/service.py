@@ -33,7 +33,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from services.core.errors import InvalidInput, NotFound, PayloadTooLarge, ServingError, Unauthorized, Unavailable
+from services.core.errors import InvalidInput, NotFound, ServingError, Unauthorized, Unavailable
+from services.core.http import receive_body
 from services.router import metrics
 from services.router.config import RoutingConfig, RoutingConfigError, VariantConfig, parse_config
 from services.router.ejection import OutlierDetector
@@ -485,11 +486,13 @@ class Router:
 
     async def infer(self, scope: dict[str, Any], receive: Receive, send: Send, model: str,
                     version: str | None) -> None:
-        """The hot path as ASGI (uvicorn, tests); `services.router.server` calls `handle_infer` directly."""
+        """The inference hot path as a raw ASGI handler: no Starlette request objects, the body forwarded as bytes."""
         headers = scope["headers"]
         try:
             declared = next((v for k, v in headers if k == b"content-length"), None)
-            body = await _read_body(receive, declared, self.max_body)
+            body = await receive_body(receive, declared, self.max_body)
+            if body is None:
+                raise InvalidInput("client disconnected before sending the body", field="body")
         except ServingError as exc:
             assert self.table is not None
             self.table.unrouted.request(exc.http_status)
@@ -807,31 +810,6 @@ def _address(url: str) -> str:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{parts.scheme}://{parts.hostname}:{port}{parts.path.rstrip('/')}"
-
-
-async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared.decode()} bytes exceeds the limit of {limit}", field="body")
-    message = await receive()
-    body = message.get("body", b"")
-    if message.get("more_body"):
-        parts = [body]
-        size = len(body)
-        while message.get("more_body"):
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", field="body")
-            parts.append(chunk)
-        body = b"".join(parts)
-    if message["type"] == "http.disconnect":
-        raise InvalidInput("client disconnected before sending the body", field="body")
-    if not body:
-        raise InvalidInput("request body is empty; send a KServe V2 inference request", field="body")
-    if len(body) > limit:
-        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", field="body")
-    return body
 
 
 def _body_key(body: bytes, parameter: str) -> str | None:
