@@ -12,6 +12,9 @@
     └── ArtifactError                 500  INTERNAL           a model artifact cannot be served
         └── IntegrityError            500  INTERNAL           checksum or signature mismatch
 
+Services may add leaves for their own needs (the router's admin API and proxy:
+`services/router/errors.py`: Forbidden 403, Conflict 409, PreconditionFailed 412, BadGateway 502).
+
 Services raise these and translate them to the wire in exactly one place each
 (`services.core.http.error_response` for HTTP; the gRPC servicers' abort helper).
 Wrap lower-level exceptions with `raise ... from exc` so the cause stays in the logs.
