@@ -27,7 +27,7 @@ from services.apps import metrics
 from services.apps.backend import Backend, ContractCache, PredictionSink
 from services.core.contract import RangePolicy
 from services.core.errors import InvalidInput, ServingError, Unavailable
-from services.core.http import EXCEPTION_HANDLERS, json_response, read_json, require_json_object
+from services.core.http import EXCEPTION_HANDLERS, json_response, parse_json_object, read_body
 from services.core.http import metrics as metrics_endpoint
 
 
@@ -62,7 +62,7 @@ def build_app(
         try:
             if card is None:
                 raise Unavailable("model not loaded yet; retry once /readyz answers 200")
-            body = require_json_object(await read_json(request, max_body_bytes))
+            body = parse_json_object(await read_body(request, max_body_bytes))
             if "instances" not in body:
                 raise InvalidInput('request body needs "instances": a list of rows', field="instances")
             contract = contracts.for_card(card)

@@ -81,14 +81,6 @@ def parse_json_object(raw: bytes | memoryview) -> dict[str, Any]:
     return require_json_object(data)
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
-    """The request body as JSON; 413 past `max_bytes`, 400 when empty or not JSON."""
-    try:
-        return orjson.loads(await read_body(request, max_bytes))
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}", field="body") from exc
-
-
 async def _serving_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServingError)
     if exc.http_status >= 500:

@@ -64,41 +64,32 @@ def _metric(url: str, name: str) -> float:
 
 def model_as_data(model: str = "breast-cancer"):
     from services.kafka.publisher import publish
-    from services.stack.demo import DEMO_LOG_DIR, Row, load_holdout
+    from services.stack.demo import DEMO_LOG_DIR, Row, drive, load_holdout
     from services.stack.patterns import model_as_data as pattern
 
     _, x, y = load_holdout(DEFAULT_MODEL_REPOSITORY / model / "1" / "holdout.csv")
     boot = bootstrap()
     stack = _start(pattern(model, version=1, bootstrap_servers=boot), DEMO_LOG_DIR)
     url = stack.endpoints["app"]
-    latencies, versions, correct, errors = [], [], 0, 0
-    publisher = None
+    publisher: threading.Thread | None = None
+
+    def publish_v2_at_100(i: int) -> None:
+        nonlocal publisher
+        if i == 100:  # publish v2 while requests keep coming
+            publisher = threading.Thread(target=publish, args=(boot, model, 2))
+            publisher.start()
+
     try:
-        with httpx.Client(base_url=url, timeout=10.0) as client:
-            rows, labels = np.vstack([x, x]).tolist(), np.concatenate([y, y]).tolist()
-            for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
-                if i == 100:  # publish v2 while requests keep coming
-                    publisher = threading.Thread(target=publish, args=(boot, model, 2))
-                    publisher.start()
-                t0 = time.perf_counter()
-                r = client.post("/predict", json={"instances": [row]})
-                latencies.append(time.perf_counter() - t0)
-                if r.status_code != 200:
-                    errors += 1
-                    continue
-                body = r.json()
-                correct += int(body["labels"][0] == label)
-                versions.append(body["model_version"])
+        n, errors, acc, lat, versions = drive(url, np.vstack([x, x]), np.concatenate([y, y]), publish_v2_at_100)
         if publisher:
             publisher.join()
         swap_s = _metric(url, "kafka_model_publish_to_swap_seconds_sum")
     finally:
         for proc in reversed(stack.processes):
             proc.stop()
-    lat = np.array(latencies)
     counts = {v: versions.count(v) for v in sorted(set(versions))}
-    seen = ", ".join(f"{n}x v{v}" for v, n in counts.items())
-    return Row("model-as-data", f"{model} v1->v2", len(lat), errors, correct / len(lat),
+    seen = ", ".join(f"{count}x v{v}" for v, count in counts.items())
+    return Row("model-as-data", f"{model} v1->v2", n, errors, acc,
                np.percentile(lat, 50) * 1e3, np.percentile(lat, 99) * 1e3,
                f"v2 published after request 100; answered by {seen}; publish-to-swap {swap_s * 1e3:.0f} ms")
 

@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.core.errors import InvalidInput, NotFound, PayloadTooLarge, ServingError
-from services.core.http import EXCEPTION_HANDLERS, json_response, read_json, require_json_object
+from services.core.http import EXCEPTION_HANDLERS, json_response, parse_json_object, read_body
 from services.core.http import metrics as metrics_endpoint
 from services.router import metrics
 from services.router.service import Router, _send_error
@@ -76,7 +76,7 @@ def build_app(router: Router) -> Any:
 
     async def feedback(request: Request) -> Response:
         try:
-            body = require_json_object(await read_json(request, router.max_body))
+            body = parse_json_object(await read_body(request, router.max_body))
             result = router.feedback(body)
         except ServingError as exc:
             metrics.FEEDBACK.labels(exc.code).inc()
@@ -176,4 +176,4 @@ async def _read_text(request: Request, limit: int) -> str:
         raise InvalidInput(f"request body is not UTF-8: {exc}", field="body") from None
 
 
-__all__ = ["build_app", "read_json"]
+__all__ = ["build_app"]

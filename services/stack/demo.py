@@ -45,11 +45,17 @@ def load_holdout(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     return header[:-1], data[:, :-1], data[:, -1].astype(np.int64)
 
 
-def drive(url: str, x: np.ndarray, y: np.ndarray) -> tuple[int, int, float, np.ndarray, list[str]]:
-    """Send one row per request; returns (requests, errors, accuracy, latencies_s, versions)."""
+def drive(url: str, x: np.ndarray, y: np.ndarray, before: Callable[[int], None] | None = None
+          ) -> tuple[int, int, float, np.ndarray, list[int]]:
+    """Send one row per request; returns (requests, errors, accuracy, latencies_s, versions served).
+
+    `before(i)` runs before request i (the model-as-data demo publishes a new version mid-stream).
+    """
     latencies, correct, errors, versions = [], 0, 0, []
     with httpx.Client(base_url=url, timeout=10.0) as client:
-        for row, label in zip(x.tolist(), y.tolist(), strict=True):
+        for i, (row, label) in enumerate(zip(x.tolist(), y.tolist(), strict=True)):
+            if before is not None:
+                before(i)
             t0 = time.perf_counter()
             r = client.post("/predict", json={"instances": [row]})
             latencies.append(time.perf_counter() - t0)
@@ -58,7 +64,7 @@ def drive(url: str, x: np.ndarray, y: np.ndarray) -> tuple[int, int, float, np.n
                 continue
             body = r.json()
             correct += int(body["labels"][0] == label)
-            versions.append(str(body["model_version"]))
+            versions.append(int(body["model_version"]))
     return len(y), errors, correct / len(y), np.array(latencies), versions
 
 
@@ -71,7 +77,7 @@ def demo_http_pattern(pattern: str, model: str) -> Row:
     finally:
         for proc in reversed(stack.processes):
             proc.stop()
-    served = ",".join(sorted(set(versions)))
+    served = ",".join(str(v) for v in sorted(set(versions)))
     return Row(pattern, f"{model} v{served}", n, errors, acc, np.percentile(lat, 50) * 1e3,
                np.percentile(lat, 99) * 1e3)
 
