@@ -43,11 +43,11 @@ models: setup
 	@echo "== model repository (models/repository)"
 	@$(PY) -m models.train
 
-# The Kafka broker's jars come from Maven Central into .cache/kafka (once; needs java 17 + mvn).
+# The Kafka broker's jars come from Maven Central into ~/.cache/serving-patterns/kafka (once; needs java 17 + mvn).
 kafka-fetch: setup
-	@$(PY) -m services.kafka.broker fetch
+	@$(PY) -m services.stack.kafka_broker fetch
 
-# promtool (Prometheus's metrics linter) is built from the Go module proxy into .cache/bin, once.
+# promtool (Prometheus's metrics linter) is built from the Go module proxy into ~/.cache/serving-patterns/bin, once.
 promtool: setup
 	@$(PY) -m services.stack.promtool fetch >/dev/null
 
@@ -94,7 +94,7 @@ bench-kafka: setup models kafka-fetch
 
 lint: setup
 	@$(PY) -m ruff check services models loadtests tests
-	@$(PY) -m services.model_server.tfs_proto.generate --check
+	@$(PY) -m services.protocols.tfs.generate --check
 
 clean:
 	rm -rf .run models/repository

@@ -43,8 +43,9 @@ import orjson
 
 from services.core.settings import DEFAULT_MODEL_REPOSITORY
 from services.kafka import messages, publisher
-from services.kafka.broker import ENV_BOOTSTRAP, Broker
-from services.kafka.tools import read_topic, request_producer, send_requests
+from services.stack.kafka_broker import Broker
+from services.stack.kafka_tools import read_topic, request_producer, send_requests
+from services.stack.paths import ENV_BOOTSTRAP
 from services.stack.process import REPO_ROOT, ServiceProcess, free_port, http_ready
 
 MODEL = "breast-cancer"
@@ -65,7 +66,7 @@ def broker() -> str:
 
 
 def holdout_x() -> np.ndarray:
-    from services.stack.demo import load_holdout
+    from services.stack.demo_common import load_holdout
 
     return load_holdout(DEFAULT_MODEL_REPOSITORY / MODEL / "1" / "holdout.csv")[1].astype(np.float32)
 
@@ -250,7 +251,7 @@ def bench_grpc(seconds: float, concurrency: int, sequential: int) -> dict:
     import grpc
 
     from loadtests.payloads import ModelRef, tfs_predict_request
-    from services.model_server.tfs_proto import prediction_service_pb2_grpc
+    from services.protocols.tfs import prediction_service_pb2_grpc
 
     rest, grpc_port = free_port(), free_port()
     procs: list[ServiceProcess] = []

@@ -48,10 +48,10 @@ import uvloop
 import yaml
 
 from services.core.settings import DEFAULT_MODEL_REPOSITORY
-from services.router.stack import router_process
 from services.router.upstream import Pool
-from services.stack.demo import load_holdout
+from services.stack.demo_common import load_holdout
 from services.stack.process import REPO_ROOT, ServiceProcess, free_port, http_ready
+from services.stack.routed import router_process
 
 SERVER_CORE, CLIENT_CORE = 1, 0
 MODEL, VERSION = "breast-cancer", 1

@@ -28,7 +28,7 @@ from locust.exception import LocustError  # noqa: E402
 
 from loadtests.locust_support import model_from, profile_shape  # noqa: E402
 from loadtests.payloads import tfs_predict_request  # noqa: E402
-from services.model_server.tfs_proto import prediction_service_pb2_grpc  # noqa: E402
+from services.protocols.tfs import prediction_service_pb2_grpc  # noqa: E402
 
 grpc_gevent.init_gevent()
 

@@ -77,8 +77,8 @@ TFS_PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 
 def tfs_predict_request(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSITORY):
     """A TF Serving PredictRequest message (our wire-compatible protos; no TensorFlow)."""
-    from services.model_server.tfs_proto import predict_pb2
-    from services.model_server.tfs_proto.tensors import from_numpy
+    from services.protocols.tfs import predict_pb2
+    from services.protocols.tfs.tensors import from_numpy
 
     x = np.asarray(rows_for(model, n, repository), dtype=np.float32)
     request = predict_pb2.PredictRequest()
@@ -104,8 +104,8 @@ def check_app_response(body: bytes, rows: int) -> None:
 
 
 def check_tfs_response(raw: bytes, rows: int) -> None:
-    from services.model_server.tfs_proto import predict_pb2
-    from services.model_server.tfs_proto.tensors import to_numpy
+    from services.protocols.tfs import predict_pb2
+    from services.protocols.tfs.tensors import to_numpy
 
     response = predict_pb2.PredictResponse.FromString(raw)
     if "label" not in response.outputs or to_numpy(response.outputs["label"]).shape[0] != rows:

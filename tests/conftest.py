@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.core.settings import DEFAULT_MODEL_REPOSITORY
-from services.stack.demo import load_holdout
+from services.stack.demo_common import load_holdout
 from services.stack.process import ServiceProcess
 
 pytest_plugins = ["tests.integration.kafka_fixtures"]

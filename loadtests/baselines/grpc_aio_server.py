@@ -4,7 +4,7 @@
 
 What a user would write with the TF Serving protos and nothing else: read `inputs["input"]` (float32
 `tensor_content`), run ONNX Runtime, answer `label` and `probabilities` as tensors. It uses the
-model server's wire-compatible protos (`services/model_server/tfs_proto`) only for the message
+model server's wire-compatible protos (`services/protocols/tfs`) only for the message
 classes; none of the server's code. No validation beyond a NOT_FOUND for an unknown model, no
 metrics, no health service. One ONNX Runtime thread, as the model server.
 """
@@ -19,8 +19,8 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
-from services.model_server.tfs_proto import predict_pb2, prediction_service_pb2_grpc
-from services.model_server.tfs_proto.tensors import from_numpy
+from services.protocols.tfs import predict_pb2, prediction_service_pb2_grpc
+from services.protocols.tfs.tensors import from_numpy
 
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "repository"
 

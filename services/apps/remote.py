@@ -103,8 +103,8 @@ class _GrpcClient:
 
     def __init__(self, settings: RemoteSettings) -> None:
         # Imported here: the REST shape never loads the protobuf modules.
-        from services.model_server.tfs_proto import predict_pb2, prediction_service_pb2_grpc
-        from services.model_server.tfs_proto.tensors import from_numpy, to_numpy
+        from services.protocols.tfs import predict_pb2, prediction_service_pb2_grpc
+        from services.protocols.tfs.tensors import from_numpy, to_numpy
 
         self._predict_pb2, self._from_numpy, self._to_numpy = predict_pb2, from_numpy, to_numpy
         self.settings = settings
@@ -129,7 +129,7 @@ class _GrpcClient:
                 response.model_spec.version.value)
 
     async def ready(self, name: str) -> bool:
-        from services.model_server.tfs_proto import get_model_status_pb2, model_service_pb2_grpc
+        from services.protocols.tfs import get_model_status_pb2, model_service_pb2_grpc
 
         stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
         request = get_model_status_pb2.GetModelStatusRequest()

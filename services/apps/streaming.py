@@ -22,6 +22,7 @@ from typing import Any
 
 from services.apps.api import build_app
 from services.apps.hotswap import HotSwapBackend
+from services.apps.prediction_log import PredictionLog
 from services.core.card import ModelCard
 from services.core.errors import ServingError
 from services.core.http import serve
@@ -32,7 +33,6 @@ from services.core.settings import ModelSettings, settings_config
 from services.kafka import messages
 from services.kafka.emitter import BackgroundEmitter
 from services.kafka.events import ModelEvents
-from services.kafka.prediction_log import PredictionLog
 from services.kafka.subscriber import ModelSubscriber
 from services.kafka.topics import MODEL_EVENTS, MODELS, PREDICTIONS, SCORING_PARTITIONS, plain_topic
 

@@ -36,8 +36,8 @@ Runtime parses.
 Signing: HMAC-SHA256 with a shared secret (stdlib only; every publisher and every consuming app
 holds the same key, from a Kubernetes Secret in a cluster). Where the key is found, first hit
 wins: an explicit key file (`signing_key_file` settings / `--key-file`), `$MODEL_SIGNING_KEY`
-(the key itself), `$MODEL_SIGNING_KEY_FILE` (a file holding it), then the local stack's
-`.run/model-signing.key`, which `make up` creates with 32 random bytes. Keys shorter than 16
+(the key itself), `$MODEL_SIGNING_KEY_FILE` (a file holding it; the local stack points it at
+`.run/model-signing.key`, which `make up` creates with 32 random bytes). Keys shorter than 16
 bytes are refused. Anyone holding the key can publish; if publishers and consumers must be
 separated (consumers unable to sign), switch to Ed25519 public-key signatures: the framing
 keeps its place for a 64-byte signature under a new format version.
@@ -73,7 +73,7 @@ from typing import Any
 
 from services.core.card import ModelCard
 from services.core.errors import ArtifactError
-from services.kafka.broker import MAX_MESSAGE_BYTES, REPO_ROOT
+from services.kafka.topics import MAX_MESSAGE_BYTES
 
 MAGIC = b"SPMD"
 FORMAT_VERSION = 1
@@ -87,7 +87,6 @@ MAX_MODEL_MESSAGE_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 
 ENV_KEY = "MODEL_SIGNING_KEY"
 ENV_KEY_FILE = "MODEL_SIGNING_KEY_FILE"
-LOCAL_KEY_FILE = REPO_ROOT / ".run" / "model-signing.key"
 MIN_KEY_BYTES = 16
 
 REASONS = ("malformed", "signature", "checksum", "name", "contract", "load")
@@ -129,8 +128,8 @@ def _checked(key: bytes, source: str) -> bytes:
 
 
 def load_signing_key(key_file: Path | None = None, env: Mapping[str, str] | None = None) -> bytes:
-    """The HMAC key: `key_file`, else $MODEL_SIGNING_KEY, else $MODEL_SIGNING_KEY_FILE, else the local
-    stack's `.run/model-signing.key`. Raises SigningKeyError when none is set."""
+    """The HMAC key: `key_file`, else $MODEL_SIGNING_KEY, else $MODEL_SIGNING_KEY_FILE.
+    Raises SigningKeyError when none is set."""
     env = os.environ if env is None else env
     if key_file is not None:
         return _read_key_file(Path(key_file))
@@ -138,16 +137,14 @@ def load_signing_key(key_file: Path | None = None, env: Mapping[str, str] | None
         return _checked(env[ENV_KEY].encode(), f"${ENV_KEY}")
     if env.get(ENV_KEY_FILE):
         return _read_key_file(Path(env[ENV_KEY_FILE]))
-    if LOCAL_KEY_FILE.is_file():
-        return _read_key_file(LOCAL_KEY_FILE)
     raise SigningKeyError(
-        f"no model signing key: set ${ENV_KEY} or ${ENV_KEY_FILE}, or run `make up PATTERN=model-as-data` "
-        f"to create the local stack's key in {LOCAL_KEY_FILE}"
+        f"no model signing key: set ${ENV_KEY} or ${ENV_KEY_FILE} (the local stack's key is "
+        "`.run/model-signing.key`, created by `make up PATTERN=model-as-data`)"
     )
 
 
-def ensure_local_key(path: Path = LOCAL_KEY_FILE) -> Path:
-    """Create the local stack's key (32 random bytes, hex, mode 0600) unless it exists."""
+def ensure_key_file(path: Path) -> Path:
+    """Create a key file (32 random bytes, hex, mode 0600) unless it exists."""
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

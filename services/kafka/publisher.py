@@ -14,9 +14,10 @@ Versions whose card says they failed the quality gate (the v3 demo material) are
 `--allow-failed-gate` is given. The repository copy is checked before sending (sha256 of the
 ONNX bytes against the card), so a broken artifact never reaches the topic from here.
 
-Where things come from: `--bootstrap-servers`, else `$KAFKA_BOOTSTRAP_SERVERS`, else the local
-stack's broker (`make up PATTERN=model-as-data` starts it); the signing key as described in
-`messages.py` (`--key-file`, `$MODEL_SIGNING_KEY`, `$MODEL_SIGNING_KEY_FILE`, `.run/model-signing.key`).
+Where things come from: `--bootstrap-servers`, else `$KAFKA_BOOTSTRAP_SERVERS`; the signing key as
+described in `messages.py` (`--key-file`, `$MODEL_SIGNING_KEY`, `$MODEL_SIGNING_KEY_FILE`). Against the
+local stack, `python -m services.stack publish --model wine --version 2` fills both in from
+`.run/endpoints.json`.
 """
 
 from __future__ import annotations
@@ -37,8 +38,14 @@ from services.core.repository import passed_gate, version_dir
 from services.core.runtime import CARD_FILE, MODEL_FILE
 from services.core.settings import DEFAULT_MODEL_REPOSITORY
 from services.kafka import messages
-from services.kafka.broker import ENV_BOOTSTRAP, MAX_MESSAGE_BYTES, Broker, BrokerError, default_data_dir
-from services.kafka.topics import MODEL_FETCH_BYTES, MODELS, ensure_topics, models_topic
+from services.kafka.topics import (
+    ENV_BOOTSTRAP,
+    MAX_MESSAGE_BYTES,
+    MODEL_FETCH_BYTES,
+    MODELS,
+    ensure_topics,
+    models_topic,
+)
 
 
 class PublishError(RuntimeError):
@@ -171,12 +178,9 @@ def resolve_bootstrap(explicit: str | None) -> str:
         return explicit
     if os.environ.get(ENV_BOOTSTRAP):
         return os.environ[ENV_BOOTSTRAP]
-    broker = Broker(default_data_dir(), stop_at_exit=False)
-    if broker.is_running():
-        return broker.bootstrap_servers
     raise PublishError(
-        f"no Kafka broker: pass --bootstrap-servers, set ${ENV_BOOTSTRAP}, or start the local one "
-        "(`make up PATTERN=model-as-data` or `python -m services.kafka.broker start`)"
+        f"no Kafka broker: pass --bootstrap-servers or set ${ENV_BOOTSTRAP} "
+        "(for the local stack: `python -m services.stack publish ...`)"
     )
 
 
@@ -188,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="show the latest message per model on the topic")
     parser.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY, help="model repository")
     parser.add_argument("--topic", default=MODELS, help="models topic (default: %(default)s)")
-    parser.add_argument("--bootstrap-servers", help=f"Kafka bootstrap servers (default: ${ENV_BOOTSTRAP}, "
-                                                    "else the local stack's broker)")
+    parser.add_argument("--bootstrap-servers", help=f"Kafka bootstrap servers (default: ${ENV_BOOTSTRAP})")
     parser.add_argument("--key-file", type=Path, help="file holding the HMAC signing key")
     parser.add_argument("--allow-failed-gate", action="store_true",
                         help="publish a version whose card says it failed the quality gate")
@@ -205,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         result = publish(bootstrap, args.model, args.version, repo=args.repository, key=key, topic=args.topic,
                          allow_failed_gate=args.allow_failed_gate)
-    except (PublishError, messages.SigningKeyError, BrokerError, ServingError) as exc:
+    except (PublishError, messages.SigningKeyError, ServingError) as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1
     except Exception as exc:  # broker errors from kafka-python: say what, not a trace

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from kafka import KafkaAdminClient
 from kafka.errors import TopicAlreadyExistsError
 
-from services.kafka.broker import MAX_MESSAGE_BYTES
-
 log = logging.getLogger(__name__)
 
 MODELS = "models"
@@ -38,6 +36,12 @@ SCORING_REQUESTS = "scoring-requests"
 SCORING_RESULTS = "scoring-results"
 SCORING_DLQ = "scoring-dlq"
 PREDICTIONS = "predictions"
+
+# Model files travel as single messages, so brokers and topics must accept far more than Kafka's
+# 1 MiB default; the local broker (services/stack/kafka_broker.py) is started with this limit.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Where clients look for an existing cluster when no bootstrap servers are given.
+ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
 
 SCORING_PARTITIONS = 4
 # A fetch response carries a record batch plus its framing; leave room above the largest message.

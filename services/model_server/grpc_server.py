@@ -11,14 +11,14 @@
 The model is chosen by `ModelSpec.name`, plus `version` (a number) or `version_label` (from the
 model's config.yaml); with neither, the newest loaded version that passed its quality gate.
 Input tensors may be DT_FLOAT, DT_DOUBLE, DT_INT32 or DT_INT64, in `tensor_content` or the typed
-value fields (`services.model_server.tfs_proto.tensors`).
+value fields (`services.protocols.tfs.tensors`).
 
 Errors: `abort` is the one place a `ServingError` becomes a gRPC status, via its `grpc_code`
 (NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE, ...). Anything unexpected is logged
 and answered INTERNAL without a trace.
 
 The messages come from our own wire-compatible protos (no TensorFlow in this process); see
-services/model_server/tfs_proto/README.md.
+services/protocols/tfs/README.md.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from grpc_reflection.v1alpha import reflection
 from services.core.errors import InvalidInput, NotFound, ServingError
 from services.model_server import metrics
 from services.model_server.repository import Registry, Servable
-from services.model_server.tfs_proto import (
+from services.protocols.tfs import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_pb2,
@@ -51,7 +51,7 @@ from services.model_server.tfs_proto import (
     tensor_shape_pb2,
     types_pb2,
 )
-from services.model_server.tfs_proto.tensors import from_numpy, to_numpy
+from services.protocols.tfs.tensors import from_numpy, to_numpy
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from services.model_server.tfs_proto import predict_pb2
+from services.protocols.tfs import predict_pb2
 from services.router import metrics
 from services.router.policies import RouteRequest, UnknownVariantError
 from services.router.service import _REQUEST_ID_OK, Router, RouteTable, Variant

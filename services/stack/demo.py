@@ -7,65 +7,19 @@ and latency, and stop the processes again, even on failure.
 
 from __future__ import annotations
 
-import csv
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
-import httpx
 import numpy as np
 
 from services.core.settings import DEFAULT_MODEL_REPOSITORY
-from services.stack.__main__ import start_stack
-from services.stack.process import REPO_ROOT
-
-DEMO_LOG_DIR = REPO_ROOT / ".run" / "demo-logs"
-
-
-@dataclass
-class Row:
-    pattern: str
-    model: str
-    requests: int
-    errors: int
-    accuracy: float
-    p50_ms: float
-    p99_ms: float
-    note: str = ""
-
-
-def load_holdout(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    with path.open() as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        rows = [[float(v) for v in r] for r in reader]
-    data = np.array(rows)
-    return header[:-1], data[:, :-1], data[:, -1].astype(np.int64)
-
-
-def drive(url: str, x: np.ndarray, y: np.ndarray, before: Callable[[int], None] | None = None
-          ) -> tuple[int, int, float, np.ndarray, list[int]]:
-    """Send one row per request; returns (requests, errors, accuracy, latencies_s, versions served).
-
-    `before(i)` runs before request i (the model-as-data demo publishes a new version mid-stream).
-    """
-    latencies, correct, errors, versions = [], 0, 0, []
-    with httpx.Client(base_url=url, timeout=10.0) as client:
-        for i, (row, label) in enumerate(zip(x.tolist(), y.tolist(), strict=True)):
-            if before is not None:
-                before(i)
-            t0 = time.perf_counter()
-            r = client.post("/predict", json={"instances": [row]})
-            latencies.append(time.perf_counter() - t0)
-            if r.status_code != 200:
-                errors += 1
-                continue
-            body = r.json()
-            correct += int(body["labels"][0] == label)
-            versions.append(int(body["model_version"]))
-    return len(y), errors, correct / len(y), np.array(latencies), versions
+from services.stack import demo_kafka
+from services.stack.demo_common import Row, drive, load_holdout
+from services.stack.demo_routed import demo_routed
+from services.stack.paths import DEMO_LOG_DIR
+from services.stack.routed import ROUTED_PATTERNS
+from services.stack.runner import start_stack
 
 
 def demo_http_pattern(pattern: str, model: str) -> Row:
@@ -82,28 +36,14 @@ def demo_http_pattern(pattern: str, model: str) -> Row:
                np.percentile(lat, 99) * 1e3)
 
 
-def _kafka_scenario(name: str) -> Row:
-    # Imported late: the Kafka scenarios (services/kafka/demo.py) import this module's helpers.
-    from services.kafka import demo as kafka_demo
-
-    return getattr(kafka_demo, name)()
-
-
 SCENARIOS: list[tuple[str, Callable[[], Row]]] = [
     ("embedded: breast-cancer", lambda: demo_http_pattern("embedded", "breast-cancer")),
     ("model-as-service: breast-cancer", lambda: replace(
         demo_http_pattern("model-as-service", "breast-cancer"), note="app -> model server over gRPC")),
-    ("model-as-data: breast-cancer v1 -> v2", lambda: _kafka_scenario("model_as_data")),
-    ("stream-scoring: breast-cancer", lambda: _kafka_scenario("stream_scoring")),
-    *[(f"{p}: breast-cancer v1 / v2 via the router", (lambda p=p: _routed_scenario(p)))
-      for p in ("shadow", "canary", "ab-test", "bandit")],
+    ("model-as-data: breast-cancer v1 -> v2", demo_kafka.model_as_data),
+    ("stream-scoring: breast-cancer", demo_kafka.stream_scoring),
+    *[(f"{p}: breast-cancer v1 / v2 via the router", (lambda p=p: demo_routed(p))) for p in ROUTED_PATTERNS],
 ]
-
-
-def _routed_scenario(pattern: str) -> Row:
-    from services.router.stack import demo_routed  # shadow / canary / A/B / bandit (services/router/stack.py)
-
-    return demo_routed(pattern)
 
 
 def print_table(rows: list[Row]) -> None:

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from functools import partial
 
-from services.stack.process import ServiceProcess, free_port, http_ready
-
-
-@dataclass
-class PatternStack:
-    processes: list[ServiceProcess]
-    endpoints: dict[str, str]
-    """Name -> URL (http://...) or address (host:port for gRPC, Kafka)."""
-    extra: dict[str, str] = field(default_factory=dict)
+from services.kafka.messages import ensure_key_file, load_signing_key
+from services.kafka.publisher import publish
+from services.stack.kafka_broker import Broker, default_data_dir
+from services.stack.paths import ENV_BOOTSTRAP, SIGNING_KEY_FILE
+from services.stack.process import PatternStack, ServiceProcess, free_port, http_ready
+from services.stack.routed import ROUTED_PATTERNS, routed_pattern
 
 
 def embedded(model_name: str = "breast-cancer") -> PatternStack:
@@ -67,8 +64,6 @@ def model_as_service(model_name: str = "breast-cancer", protocol: str = "grpc") 
 def _local_broker(bootstrap_servers: str | None) -> tuple[str, dict[str, str]]:
     """Bootstrap servers, and the data dir of the local broker if this stack started it, so that
     `make down` stops exactly what `make up` started (a broker that was already up stays up)."""
-    from services.kafka.broker import ENV_BOOTSTRAP, Broker, default_data_dir
-
     if bootstrap_servers or os.environ.get(ENV_BOOTSTRAP):
         return bootstrap_servers or os.environ[ENV_BOOTSTRAP], {}
     broker = Broker(default_data_dir(), stop_at_exit=False)
@@ -81,25 +76,23 @@ def model_as_data(model_name: str = "breast-cancer", version: int | None = None,
                   bootstrap_servers: str | None = None, prediction_log: bool = True) -> PatternStack:
     """Kafka (the local broker, started if needed, or $KAFKA_BOOTSTRAP_SERVERS), the model published
     to the compacted `models` topic, then the streaming app that follows it (patterns/model-as-data)."""
-    from services.kafka.messages import LOCAL_KEY_FILE, ensure_local_key
-    from services.kafka.publisher import publish
-
     bootstrap, broker_extra = _local_broker(bootstrap_servers)
-    ensure_local_key()  # the app and `python -m services.kafka.publisher` both find it there
-    published = publish(bootstrap, model_name, version)
+    key_file = ensure_key_file(SIGNING_KEY_FILE)  # the app and `python -m services.stack publish` use it
+    published = publish(bootstrap, model_name, version, key=load_signing_key(key_file))
     port = free_port()
     app = ServiceProcess(
         name="streaming-app",
         argv=["-m", "services.apps.streaming"],
         env={"STREAMING_PORT": str(port), "STREAMING_BOOTSTRAP_SERVERS": bootstrap,
-             "STREAMING_MODEL_NAME": model_name, "STREAMING_PREDICTION_LOG": str(prediction_log).lower()},
+             "STREAMING_MODEL_NAME": model_name, "STREAMING_PREDICTION_LOG": str(prediction_log).lower(),
+             "MODEL_SIGNING_KEY_FILE": str(key_file)},
         ready=http_ready(f"http://127.0.0.1:{port}/readyz"),
     )
     return PatternStack(
         [app],
         {"app": f"http://127.0.0.1:{port}", "kafka": bootstrap},
-        extra={"published": published.describe(), "signing_key_file": str(LOCAL_KEY_FILE),
-               "publish": f"python -m services.kafka.publisher --model {model_name} --version N",
+        extra={"published": published.describe(), "signing_key_file": str(key_file),
+               "publish": f"python -m services.stack publish --model {model_name} --version N",
                **broker_extra},
     )
 
@@ -124,22 +117,10 @@ def stream_scoring(model_name: str = "breast-cancer", version: int | None = None
     })
 
 
-def _routed(pattern: str) -> Callable[..., PatternStack]:
-    """shadow, canary, ab-test, bandit: a model server per variant, then the router
-    (services/router/stack.py; the routing config is patterns/<pattern>/routing.yaml)."""
-
-    def build(**overrides: object) -> PatternStack:
-        from services.router.stack import routed_pattern
-
-        return routed_pattern(pattern, **overrides)
-
-    return build
-
-
 PATTERNS: dict[str, Callable[..., PatternStack]] = {
     "embedded": embedded,
     "model-as-service": model_as_service,
     "model-as-data": model_as_data,
     "stream-scoring": stream_scoring,
-    **{p: _routed(p) for p in ("shadow", "canary", "ab-test", "bandit")},
+    **{p: partial(routed_pattern, p) for p in ROUTED_PATTERNS},
 }

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from services.stack.paths import REPO_ROOT
 
 
 def free_port() -> int:
@@ -130,3 +130,13 @@ def stop_pid(pid: int, timeout_s: float = 15.0) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+@dataclass
+class PatternStack:
+    """What one pattern runs: processes started in order, endpoints to publish, extras for endpoints.json."""
+
+    processes: list[ServiceProcess]
+    endpoints: dict[str, str]
+    """Name -> URL (http://...) or address (host:port for gRPC, Kafka)."""
+    extra: dict[str, str] = field(default_factory=dict)

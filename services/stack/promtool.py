@@ -15,11 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services.stack.process import REPO_ROOT
+from services.stack.paths import CACHE_DIR
 
 MODULE = "github.com/prometheus/prometheus/cmd/promtool"
 VERSION = "v0.316.0"  # Prometheus 3.x; the Go module of prometheus/prometheus is versioned v0.3xx
-BIN_DIR = REPO_ROOT / ".cache" / "bin"
+BIN_DIR = CACHE_DIR / "bin"
 BINARY = BIN_DIR / "promtool"
 
 

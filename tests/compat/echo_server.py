@@ -35,7 +35,7 @@ from typing import TypeVar
 
 import grpc
 
-from services.model_server.tfs_proto import (
+from services.protocols.tfs import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_pb2,
@@ -47,7 +47,7 @@ from services.model_server.tfs_proto import (
     tensor_shape_pb2,
     types_pb2,
 )
-from services.model_server.tfs_proto.tensors import from_numpy, to_numpy
+from services.protocols.tfs.tensors import from_numpy, to_numpy
 
 MODEL_NAME = "echo"
 VERSIONS = (1, 2)

@@ -35,7 +35,7 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
 # Importing every module registers all our messages in the default pool.
-from services.model_server.tfs_proto import (
+from services.protocols.tfs import (
     error_codes_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -49,7 +49,7 @@ from services.model_server.tfs_proto import (
     tensor_shape_pb2,
     types_pb2,
 )
-from services.model_server.tfs_proto.tensors import from_numpy, to_numpy
+from services.protocols.tfs.tensors import from_numpy, to_numpy
 
 _OUR_MODULES = (
     types_pb2,

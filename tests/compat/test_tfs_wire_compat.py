@@ -27,7 +27,7 @@ rejects duplicates ("duplicate symbol"), so this process must never import our
 tests.compat.echo_server`` or ``python -m tests.compat.ours_codec``.
 
 Environment: needs TensorFlow and ``tensorflow-serving-api`` (see the README in
-services/model_server/tfs_proto); without them the whole module is skipped.
+services/protocols/tfs); without them the whole module is skipped.
 Our side runs with this interpreter unless TFS_COMPAT_OURS_PYTHON names another
 one (for instance the serving venv, to prove the runtime needs no TensorFlow).
 """
@@ -51,7 +51,7 @@ import numpy as np
 import pytest
 
 if importlib.util.find_spec("tensorflow_serving") is not None and any(
-    name.startswith("services.model_server.tfs_proto.") and name.endswith("_pb2") for name in sys.modules
+    name.startswith("services.protocols.tfs.") and name.endswith("_pb2") for name in sys.modules
 ):
     raise RuntimeError(
         "our tfs_proto *_pb2 modules are already imported in this pytest process, so TensorFlow's protos "

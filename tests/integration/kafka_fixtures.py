@@ -1,4 +1,4 @@
-"""Pytest fixtures for a real single-node Kafka broker (see services/kafka/broker.py).
+"""Pytest fixtures for a real single-node Kafka broker (see services/stack/kafka_broker.py).
 
 One broker per test session, in a temp data dir, stopped and removed at the end even when
 tests fail. With ``$KAFKA_BOOTSTRAP_SERVERS`` set, that cluster is used instead and nothing is
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.kafka.broker import BrokerHandle, managed_broker
+from services.stack.kafka_broker import BrokerHandle, managed_broker
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,9 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from services.kafka.broker import MAX_MESSAGE_BYTES, REPO_ROOT, BrokerHandle
+from services.kafka.topics import MAX_MESSAGE_BYTES
+from services.stack.kafka_broker import BrokerHandle
+from services.stack.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +134,7 @@ def test_cli_stop_and_status_on_an_empty_data_dir(tmp_path) -> None:
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "services.kafka.broker", *args, "--data-dir", str(tmp_path)],
+            [sys.executable, "-m", "services.stack.kafka_broker", *args, "--data-dir", str(tmp_path)],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,

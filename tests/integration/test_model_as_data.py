@@ -17,8 +17,8 @@ import onnxruntime as ort
 import pytest
 
 from services.kafka import messages, publisher
-from services.kafka.tools import json_values, read_topic
 from services.stack import promtool
+from services.stack.kafka_tools import json_values, read_topic
 from services.stack.process import ServiceProcess, free_port, http_ready
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,6 @@
 """The model server over gRPC: TF Serving's PredictionService/ModelService, health, reflection.
 
-Called with our wire-compatible stubs (services/model_server/tfs_proto); the official
+Called with our wire-compatible stubs (services/protocols/tfs); the official
 tensorflow-serving-api client is exercised against the same messages in tests/compat, in its own
 environment, because TensorFlow's protos and ours cannot share one process.
 """
@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from services.model_server.tfs_proto import (
+from services.protocols.tfs import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
@@ -23,7 +23,7 @@ from services.model_server.tfs_proto import (
     tensor_shape_pb2,
     types_pb2,
 )
-from services.model_server.tfs_proto.tensors import from_numpy, to_numpy
+from services.protocols.tfs.tensors import from_numpy, to_numpy
 from tests.integration.model_server_helpers import Reference, assert_same_predictions, copy_repository, running_server
 
 MODEL = "breast-cancer"

@@ -14,13 +14,13 @@ import httpx
 import numpy as np
 import pytest
 
-from services.model_server.tfs_proto import (
+from services.protocols.tfs import (
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from services.model_server.tfs_proto.tensors import from_numpy, to_numpy
+from services.protocols.tfs.tensors import from_numpy, to_numpy
 from tests.integration.model_server_helpers import (
     Reference,
     add_version,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from services.kafka import publisher
-from services.kafka.tools import json_values, read_topic
+from services.stack.kafka_tools import json_values, read_topic
 from services.stack.process import ServiceProcess, free_port, http_ready
 
 pytestmark = pytest.mark.integration

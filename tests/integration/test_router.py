@@ -23,9 +23,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.router.stack import model_server, router_process, v2_body
 from services.stack import promtool
 from services.stack.process import ServiceProcess
+from services.stack.routed import model_server, router_process, v2_body
 
 pytestmark = pytest.mark.integration
 
@@ -415,8 +415,8 @@ def test_grpc_predict_is_routed_and_fails_over(servers, rows, start_router) -> N
     import grpc
     import numpy as np
 
-    from services.model_server.tfs_proto import model_pb2, predict_pb2
-    from services.model_server.tfs_proto.tensors import from_numpy, to_numpy
+    from services.protocols.tfs import model_pb2, predict_pb2
+    from services.protocols.tfs.tensors import from_numpy, to_numpy
     from services.router.grpc_proxy import PREDICT
     from services.stack.process import free_port
 

@@ -15,8 +15,8 @@ import onnxruntime as ort
 import orjson
 import pytest
 
-from services.kafka.tools import json_values, read_topic, request_producer, send_requests
 from services.stack import promtool
+from services.stack.kafka_tools import json_values, read_topic, request_producer, send_requests
 from services.stack.process import ServiceProcess, free_port, http_ready
 
 pytestmark = pytest.mark.integration

@@ -8,9 +8,9 @@ import socket
 import numpy as np
 import orjson
 
+from services.apps.prediction_log import PredictionLog
 from services.kafka import metrics
 from services.kafka.emitter import BackgroundEmitter
-from services.kafka.prediction_log import PredictionLog
 
 
 def dead_address() -> str:

@@ -124,23 +124,22 @@ def test_oversized_model_is_refused_before_sending(artifact):
         messages.encode(card, os.urandom(messages.MAX_MODEL_MESSAGE_BYTES), KEY)
 
 
-def test_signing_key_sources_in_order(tmp_path, monkeypatch):
+def test_signing_key_sources_in_order(tmp_path):
     f = tmp_path / "key"
     f.write_text("file-key-0123456789abcdef\n")
     env = {messages.ENV_KEY: "env-key-0123456789abcdef", messages.ENV_KEY_FILE: str(f)}
     assert messages.load_signing_key(f, env={}) == b"file-key-0123456789abcdef"
     assert messages.load_signing_key(None, env=env) == b"env-key-0123456789abcdef"
     assert messages.load_signing_key(None, env={messages.ENV_KEY_FILE: str(f)}) == b"file-key-0123456789abcdef"
-    monkeypatch.setattr(messages, "LOCAL_KEY_FILE", tmp_path / "absent")
     with pytest.raises(messages.SigningKeyError, match="no model signing key"):
         messages.load_signing_key(None, env={})
     with pytest.raises(messages.SigningKeyError, match="at least 16"):
         messages.load_signing_key(None, env={messages.ENV_KEY: "short"})
 
 
-def test_local_key_is_random_private_and_kept(tmp_path):
-    path = messages.ensure_local_key(tmp_path / ".run" / "model-signing.key")
+def test_key_file_is_random_private_and_kept(tmp_path):
+    path = messages.ensure_key_file(tmp_path / ".run" / "model-signing.key")
     first = path.read_bytes()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(first.strip()) == 64
-    assert messages.ensure_local_key(path).read_bytes() == first
+    assert messages.ensure_key_file(path).read_bytes() == first

@@ -37,7 +37,7 @@ def model(model_repo) -> OnnxModel:
 
 @pytest.fixture(scope="module")
 def rows(model_repo) -> np.ndarray:
-    from services.stack.demo import load_holdout
+    from services.stack.demo_common import load_holdout
 
     _, x, _ = load_holdout(model_repo / "wine" / "2" / "holdout.csv")
     return x.astype(np.float32)

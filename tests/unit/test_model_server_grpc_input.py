@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from services.model_server import grpc_server
-from services.model_server.tfs_proto import predict_pb2, types_pb2
-from services.model_server.tfs_proto.tensors import from_numpy, to_numpy
+from services.protocols.tfs import predict_pb2, types_pb2
+from services.protocols.tfs.tensors import from_numpy, to_numpy
 
 
 @pytest.mark.parametrize("array", [

@@ -1,0 +1,97 @@
+"""The routed patterns locally (shadow, canary, ab-test, bandit): a model server per variant + the router.
+
+    make up PATTERN=canary        ->  services.stack.patterns.PATTERNS["canary"] -> routed_pattern("canary")
+
+`patterns/<pattern>/routing.yaml` is the config a user copies; here it is copied to
+`.run/<pattern>-routing.yaml` with each variant's URL pointed at a model server started for it
+on a free port (every server serves the whole model repository, all versions, so each variant's
+model and version resolve; `grpc:` addresses are pointed at each server's gRPC port too). The
+router gets that file, a state file beside it, an admin token in `.run/router-admin-token`
+(0600; `Authorization: Bearer $(cat .run/router-admin-token)`) and a gRPC Predict port.
+
+`make demo` drives it with `services/stack/demo_routed.py`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.stack.paths import REPO_ROOT, RUN_DIR
+from services.stack.process import PatternStack, ServiceProcess, free_port, http_ready
+
+ROUTED_PATTERNS = ("shadow", "canary", "ab-test", "bandit")
+
+
+def model_server(name: str, **env: str) -> tuple[ServiceProcess, str]:
+    """A model server process serving every version of the repository; (process, REST URL)."""
+    rest, grpc = free_port(), free_port()
+    url = f"http://127.0.0.1:{rest}"
+    proc = ServiceProcess(
+        name=name,
+        argv=["-m", "services.model_server"],
+        env={"MODEL_SERVER_PORT": str(rest), "MODEL_SERVER_GRPC_PORT": str(grpc),
+             "MODEL_SERVER_VERSION_POLICY": "all", **env},
+        ready=http_ready(f"{url}/v2/health/ready"),
+    )
+    return proc, url
+
+
+def router_process(config_path: Path, state_path: Path | None, *, name: str = "router",
+                   token_file: Path | None = None, port: int | None = None, **env: str) -> tuple[ServiceProcess, str]:
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = {"ROUTER_PORT": str(port), "ROUTER_ROUTING_CONFIG": str(config_path),
+                "ROUTER_STATE_FILE": str(state_path) if state_path else "", **env}
+    if token_file is not None:
+        settings["ROUTER_ADMIN_TOKEN_FILE"] = str(token_file)
+    proc = ServiceProcess(name=name, argv=["-m", "services.router"], env=settings,
+                          ready=http_ready(f"{url}/v2/health/ready"))
+    return proc, url
+
+
+def pattern_config(pattern: str) -> dict[str, Any]:
+    return yaml.safe_load((REPO_ROOT / "patterns" / pattern / "routing.yaml").read_text())
+
+
+def routed_pattern(pattern: str, run_dir: Path = RUN_DIR, **overrides: Any) -> PatternStack:
+    """The PatternStack of a routed pattern: one model server per variant, then the router."""
+    text = (REPO_ROOT / "patterns" / pattern / "routing.yaml").read_text()
+    cfg = yaml.safe_load(text)
+    cfg.update(overrides)
+    processes, endpoints, moved = [], {}, {}
+    for variant, vcfg in cfg["variants"].items():
+        proc, url = model_server(f"model-server-{variant}")
+        grpc = f"127.0.0.1:{proc.env['MODEL_SERVER_GRPC_PORT']}"
+        moved[vcfg["url"]] = url
+        vcfg["url"] = url
+        if vcfg.get("grpc"):
+            moved[vcfg["grpc"]] = grpc
+            vcfg["grpc"] = grpc
+        processes.append(proc)
+        endpoints[f"model-server-{variant}"] = url
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / f"{pattern}-routing.yaml"
+    header = f"# generated from patterns/{pattern}/routing.yaml with local model-server URLs\n"
+    if not overrides and all(text.count(old) == 1 for old in moved):
+        for old, new in moved.items():  # keep the file's comments: only the URLs change
+            text = text.replace(old, new)
+        config_path.write_text(header + text)
+    else:
+        config_path.write_text(header + yaml.safe_dump(cfg, sort_keys=False))
+    state_path = run_dir / f"{pattern}-router-state.json"
+    state_path.unlink(missing_ok=True)  # a fresh stack starts a fresh experiment
+    token_file = run_dir / "router-admin-token"
+    token_file.write_text(secrets.token_urlsafe(24) + "\n")
+    token_file.chmod(0o600)
+    grpc_port = free_port()
+    router, url = router_process(config_path, state_path, token_file=token_file, ROUTER_GRPC_PORT=str(grpc_port))
+    processes.append(router)
+    endpoints = {"router": url, "router-grpc": f"127.0.0.1:{grpc_port}", **endpoints}
+    return PatternStack(processes, endpoints, extra={
+        "routing_config": str(config_path), "state_file": str(state_path), "admin_token_file": str(token_file),
+        "try": f"curl -s {url}/v2/models/{cfg.get('model') or 'breast-cancer'}/infer -d @request.json",
+    })
