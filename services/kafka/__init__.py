@@ -13,6 +13,7 @@
 
 The local broker launcher and the Kafka helpers of the demo and tests are development tools
 (`services/stack/kafka_broker.py`, `kafka_tools.py`, `demo_kafka.py`); the prediction-log sink sits
-with the apps (`services/apps/prediction_log.py`). The consuming app's hot-swapping backend is `services/apps/hotswap.py`, its entry point
+with the apps (`services/apps/prediction_log.py`). The consuming app's hot-swapping backend is
+`services/apps/hotswap.py`, its entry point
 `services/apps/streaming.py`. Patterns: `patterns/model-as-data`, `patterns/stream-scoring`.
 """

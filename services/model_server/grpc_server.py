@@ -13,9 +13,9 @@ model's config.yaml); with neither, the newest loaded version that passed its qu
 Input tensors may be DT_FLOAT, DT_DOUBLE, DT_INT32 or DT_INT64, in `tensor_content` or the typed
 value fields (`services.protocols.tfs.tensors`).
 
-Errors: `abort` is the one place a `ServingError` becomes a gRPC status, via its `grpc_code`
-(NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE, ...). Anything unexpected is logged
-and answered INTERNAL without a trace.
+Errors: `services.core.grpc_status` is the one place a `ServingError` becomes a gRPC status, via its
+`grpc_code` (NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE, ...). Anything unexpected
+is logged and answered INTERNAL without a trace.
 
 The messages come from our own wire-compatible protos (no TensorFlow in this process); see
 services/protocols/tfs/README.md.
@@ -26,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 import numpy as np
@@ -35,6 +34,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.core.errors import InvalidInput, NotFound, ServingError
+from services.core.grpc_status import abort, guard
 from services.model_server import metrics
 from services.model_server.repository import Registry, Servable
 from services.protocols.tfs import (
@@ -65,26 +65,6 @@ SERVICE_NAMES = (
 _STATES = get_model_status_pb2.ModelVersionStatus.State
 _DT_FLOAT = types_pb2.DT_FLOAT
 _F4 = np.dtype("<f4")
-
-
-async def abort(context: grpc.aio.ServicerContext, exc: ServingError) -> NoReturn:
-    """The one place a ServingError becomes a gRPC status."""
-    trailing: tuple[tuple[str, str], ...] = ()
-    retry_after = getattr(exc, "retry_after_s", None)
-    if retry_after is not None:
-        trailing = (("retry-after", str(max(1, round(retry_after)))),)
-    await context.abort(exc.grpc_code, exc.message, trailing_metadata=trailing)
-    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
-
-
-async def _guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Any]]) -> Any:
-    try:
-        return await call()
-    except ServingError as exc:
-        await abort(context, exc)
-    except Exception as exc:  # never a trace to the client
-        log.error("unhandled error in a gRPC call", exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
 
 
 def _resolve(registry: Registry, spec: Any) -> Servable:
@@ -234,7 +214,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 servable.cache["grpc_metadata"] = cached
             return cached
 
-        return await _guard(context, call)
+        return await guard(context, call)
 
 
 class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
@@ -267,7 +247,7 @@ class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
                 ))
             return response
 
-        return await _guard(context, call)
+        return await guard(context, call)
 
 
 class GrpcFrontend:
