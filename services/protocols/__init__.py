@@ -3,4 +3,6 @@
 | package | concern |
 |---|---|
 | `tfs/` | TF Serving gRPC API (`PredictionService`, `ModelService`): wire-compatible protos, stubs, tensor codecs |
+| `oip/` | Open Inference Protocol (KServe V2) gRPC API (`inference.GRPCInferenceService`): protos, stubs, codec |
+| `generate.py` | regenerates both packages' `*_pb2*.py` from their `.proto` files (`--check` for CI) |
 """

@@ -1,4 +1,4 @@
-# Post-processed by services.protocols.tfs.generate: module paths rewritten to services.protocols.tfs.
+# Post-processed by services.protocols.generate: module paths rewritten to services.protocols.tfs.
 # ruff: noqa
 from google.protobuf import wrappers_pb2 as _wrappers_pb2
 from google.protobuf import descriptor as _descriptor

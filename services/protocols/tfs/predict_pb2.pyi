@@ -1,4 +1,4 @@
-# Post-processed by services.protocols.tfs.generate: module paths rewritten to services.protocols.tfs.
+# Post-processed by services.protocols.generate: module paths rewritten to services.protocols.tfs.
 # ruff: noqa
 from services.protocols.tfs import model_pb2 as _model_pb2
 from services.protocols.tfs import tensor_pb2 as _tensor_pb2

@@ -1,4 +1,4 @@
-# Post-processed by services.protocols.tfs.generate: module paths rewritten to services.protocols.tfs.
+# Post-processed by services.protocols.generate: module paths rewritten to services.protocols.tfs.
 # ruff: noqa
 from services.protocols.tfs import error_codes_pb2 as _error_codes_pb2
 from google.protobuf import descriptor as _descriptor

@@ -1,4 +1,4 @@
-# Post-processed by services.protocols.tfs.generate: module paths rewritten to services.protocols.tfs.
+# Post-processed by services.protocols.generate: module paths rewritten to services.protocols.tfs.
 # ruff: noqa
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
