@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from services.core.http import serve
 from services.core.logging import configure_logging
-from services.router.app import build_app
+from services.router.rest import build_app
 from services.router.service import Router
 from services.router.settings import RouterSettings
 

@@ -13,6 +13,9 @@ rewarded at most once.
 Expired ids are remembered (as tombstones, for another TTL and at most `max_pending` of them)
 so late feedback gets a 410 that says why, not a puzzling 404. Times are wall-clock seconds so a
 restart (the store is persisted in the state file) keeps every deadline.
+
+`apply_feedback` is `POST /feedback`: it validates the body, finds the decision and hands the
+reward to the policy in force (`RoutingPolicy.on_reward`).
 """
 
 from __future__ import annotations
@@ -22,8 +25,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from services.core.errors import Gone, NotFound
+from services.core.errors import Gone, InvalidInput, NotFound
 from services.router.errors import Conflict
+from services.router.policies import InvalidRewardError, UnknownVariantError
+from services.router.table import RouteTable
+
+_FIELDS = frozenset({"request_id", "key", "reward", "outcome"})
 
 
 @dataclass(slots=True)
@@ -202,6 +209,46 @@ class PendingStore:
         for p in self._pending.values():
             counts[p.variant] = counts.get(p.variant, 0) + 1
         return counts
+
+
+def apply_feedback(table: RouteTable, pending: PendingStore, body: dict[str, Any]) -> dict[str, Any]:
+    """Reward the decision a feedback body names; raises a ClientError naming the problem."""
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {unknown}; send request_id (or key) and reward (or outcome)",
+                           field=unknown[0])
+    request_id, key = body.get("request_id"), body.get("key")
+    if (request_id is None) == (key is None):
+        raise InvalidInput("send exactly one of request_id and key", field="request_id")
+    for field, value in (("request_id", request_id), ("key", key)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise InvalidInput(f"{field} must be a non-empty string, got {value!r}", field=field)
+    if ("reward" in body) == ("outcome" in body):
+        raise InvalidInput("send exactly one of reward and outcome (a number; 0/1 for A/B)", field="reward")
+    field = "reward" if "reward" in body else "outcome"
+    value = body[field]
+    if isinstance(value, bool):
+        value = int(value)
+    if not isinstance(value, (int, float)):
+        raise InvalidInput(f"{field} must be a number, got {value!r}", field=field)
+    if not table.learns:
+        raise Conflict(f"the policy in force ({table.kind!r}, config version {table.version}) takes no feedback; "
+                       "A/B and bandit policies do", field="request_id")
+    rid, entry = pending.get(request_id, key)
+    if entry.epoch != table.epoch:
+        pending.settle(rid, "its decision was made under an earlier policy")
+        raise Conflict(f"request_id {rid!r} was routed under an earlier policy; the one in force "
+                       f"(config version {table.version}) cannot learn from it", field="request_id")
+    try:
+        table.policy.on_reward(entry.variant, value)
+    except UnknownVariantError:
+        pending.settle(rid, f"its variant {entry.variant!r} is no longer routed")
+        raise Conflict(f"variant {entry.variant!r} of request_id {rid!r} is no longer routed "
+                       f"(config version {table.version})", field="request_id") from None
+    except InvalidRewardError as exc:
+        raise InvalidInput(str(exc).replace("reward:", f"{field}:", 1), field=field) from None
+    pending.close(rid)
+    return {"request_id": rid, "variant": entry.variant, field: value, "applied": True}
 
 
 def _rows(data: dict[str, Any], name: str) -> Iterable[Any]:

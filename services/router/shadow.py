@@ -3,17 +3,20 @@
     primary path:  request -> primary -> response to the client -> mirror.offer(...)  (put_nowait)
     off the path:  worker tasks -> shadow variant -> compare with the primary's answer -> stats
 
+Protocol-neutral: a mirror carries the codec's request and its `Upstream` (services.router.dispatch),
+which sends the copy the way the client's request came (REST to the shadow's `url`, gRPC to its
+`grpc` address) and reads labels and probabilities out of both answers (`Outputs`).
+
 `offer` never waits: the queue is bounded (`shadow.queue_size`) and a full queue drops the
 mirror and counts it. Workers (`shadow.workers`) send each mirror with its own timeout; a shadow
-that is down, slow or ejected costs the client nothing — its errors are only counted. A mirror
-is offered after the client's response is sent, so the shadow never competes with the primary
-for the request's own time.
+that is down, slow or ejected costs the client nothing — its errors are only counted, and it is
+ejected like any variant (mirrors then skip it). A mirror is offered after the client's response
+is sent, so the shadow never competes with the primary for the request's own time.
 
-Comparison of KServe V2 answers, per shadow variant: label agreement rate (rows whose `label`
-output is equal), mean absolute probability difference (per row, mean over classes of
-|p_shadow - p_primary|; then averaged over rows), the latency difference (shadow - primary,
-mean and percentiles of recent requests) and shadow errors by kind. Exposed as metrics
-(`router_shadow_*`) and at GET /shadow/summary.
+Comparison, per shadow variant: label agreement rate (rows whose label is equal), mean absolute
+probability difference (per row, mean over classes of |p_shadow - p_primary|; then averaged over
+rows), the latency difference (shadow - primary, mean and percentiles of recent requests) and
+shadow errors by kind. Exposed as metrics (`router_shadow_*`) and at GET /shadow/summary.
 """
 
 from __future__ import annotations
@@ -21,31 +24,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import orjson
 
 from services.router import metrics
-from services.router.upstream import Response, UpstreamError
+from services.router.ejection import OutlierDetector
+from services.router.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 _RECENT = 2048
 
 
+Outputs = tuple[list, list | None]
+"""An answer's labels (one per row) and probabilities (flat, rows x classes; None if absent)."""
+
+
 @dataclass(slots=True)
 class Mirror:
-    shadow: Any  # the runtime Variant (services.router.service.Variant)
-    body: bytes
-    headers: bytes
+    shadow: Any  # services.router.table.Variant
+    request: Any  # the codec's services.router.dispatch.Request
+    upstream: Any  # the codec's services.router.dispatch.Upstream
     primary_variant: str
-    primary_status: int
-    primary_body: bytes | None
+    primary_body: bytes
     primary_latency_s: float
-    request_id: str
 
 
 @dataclass(slots=True)
@@ -120,16 +125,12 @@ class ShadowStats:
         }
 
 
-SendFn = Callable[[Any, bytes, bytes, float], Awaitable[tuple[Response, float]]]
-
-
 class ShadowMirror:
     """Bounded queue + worker tasks. Start with `start()`, stop with `await stop()`."""
 
-    def __init__(self, send: SendFn, *, queue_size: int, workers: int, timeout_s: float | None,
-                 sample_rate: float, is_ejected: Callable[[str], bool]) -> None:
-        self._send = send
-        self._is_ejected = is_ejected
+    def __init__(self, detector: OutlierDetector, *, queue_size: int, workers: int, timeout_s: float | None,
+                 sample_rate: float) -> None:
+        self._detector = detector
         self.timeout_s = timeout_s
         self.sample_rate = sample_rate
         self._queue: asyncio.Queue[Mirror] = asyncio.Queue(queue_size)
@@ -186,21 +187,20 @@ class ShadowMirror:
             stats = self.stats[variant] = ShadowStats(variant)
         return stats
 
-    def offer(self, shadows: list[Any], body: bytes, headers: bytes, primary_variant: str, primary_status: int,
-              primary_body: bytes | None, primary_latency_s: float, request_id: str) -> None:
+    def offer(self, shadows: tuple[Any, ...], request: Any, upstream: Any, primary_variant: str,
+              primary_body: bytes, primary_latency_s: float) -> None:
         """Queue one mirror per shadow; never blocks, drops (and counts) when the queue is full."""
         if self.sample_rate < 1.0 and self._rng.random() >= self.sample_rate:
             return
         queue = self._queue
         for shadow in shadows:
-            if self._is_ejected(shadow.name):
+            if self._detector.is_ejected(shadow.name):
                 stats = self._stats(shadow.name)
                 stats.skipped_ejected += 1
                 stats.m.skipped.inc()
                 continue
             try:
-                queue.put_nowait(Mirror(shadow, body, headers, primary_variant, primary_status, primary_body,
-                                        primary_latency_s, request_id))
+                queue.put_nowait(Mirror(shadow, request, upstream, primary_variant, primary_body, primary_latency_s))
             except asyncio.QueueFull:
                 stats = self._stats(shadow.name)
                 stats.dropped += 1
@@ -218,28 +218,33 @@ class ShadowMirror:
                 log.exception("shadow comparison failed", extra={"variant": mirror.shadow.name})
 
     async def _mirror(self, mirror: Mirror) -> None:
-        stats = self._stats(mirror.shadow.name)
+        shadow = mirror.shadow
+        stats = self._stats(shadow.name)
         m = stats.m
-        timeout = self.timeout_s if self.timeout_s is not None else mirror.shadow.timeout_s
+        timeout = self.timeout_s if self.timeout_s is not None else shadow.timeout_s
         stats.mirrored += 1
         m.mirrored.inc()
+        t0 = time.perf_counter()
         try:
-            resp, latency = await self._send(mirror.shadow, mirror.body, mirror.headers, timeout)
+            answer = await mirror.upstream.mirror(shadow, mirror.request, timeout)
         except UpstreamError as exc:
+            self._detector.failure(shadow.name)
             self._error(stats, exc.kind)
             return
+        latency = time.perf_counter() - t0
+        self._detector.success(shadow.name)
         m.seconds.observe(latency)
-        if resp.status >= 400:
-            self._error(stats, f"http_{resp.status // 100}xx")
-            return
-        if mirror.primary_body is None or mirror.primary_status >= 400:
+        if answer.status >= 400:
+            self._error(stats, f"http_{answer.status // 100}xx")
             return
         stats.latency_n += 1
         stats.latency_diff_sum += latency - mirror.primary_latency_s
         stats.primary_recent.append(mirror.primary_latency_s)
         stats.shadow_recent.append(latency)
         m.latency_diff.set(stats.latency_diff_sum / stats.latency_n)
-        result = compare_v2(mirror.primary_body, resp.body)
+        outputs = mirror.upstream.outputs
+        primary, candidate = outputs(mirror.primary_body), outputs(answer.body)
+        result = compare(primary, candidate) if primary is not None and candidate is not None else None
         if result is None:
             stats.incomparable += 1
             return
@@ -264,54 +269,24 @@ class ShadowMirror:
         }
 
 
-def _outputs(body: bytes) -> dict[str, dict[str, Any]] | None:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    outputs = doc.get("outputs") if isinstance(doc, dict) else None
-    if not isinstance(outputs, list):
-        return None
-    return {o["name"]: o for o in outputs if isinstance(o, dict) and isinstance(o.get("name"), str) and "data" in o}
-
-
-def compare_v2(primary: bytes, shadow: bytes) -> tuple[int, int, float, float] | None:
+def compare(primary: Outputs, shadow: Outputs) -> tuple[int, int, float, float] | None:
     """(rows, rows with equal labels, sum over rows of mean |dp|, max |dp|), or None if the two
-    answers cannot be compared (not JSON, binary outputs, no label output, shapes differ).
+    answers cannot be compared (no rows, row counts differ).
 
     Plain Python for the usual few rows (numpy's per-call overhead is larger than the work)."""
-    a, b = _outputs(primary), _outputs(shadow)
-    if not a or not b or "label" not in a or "label" not in b:
-        return None
-    la, lb = _flat(a["label"]["data"]), _flat(b["label"]["data"])
-    if la is None or lb is None or len(la) != len(lb) or not la:
+    la, pa = primary
+    lb, pb = shadow
+    if len(la) != len(lb) or not la:
         return None
     rows = len(la)
     agree = sum(1 for x, y in zip(la, lb, strict=True) if x == y)
     diff_sum = diff_max = 0.0
-    if "probabilities" in a and "probabilities" in b:
-        pa, pb = _flat(a["probabilities"]["data"]), _flat(b["probabilities"]["data"])
-        if pa is not None and pb is not None and len(pa) == len(pb) and pa and len(pa) % rows == 0:
-            try:
-                diffs = [abs(float(x) - float(y)) for x, y in zip(pa, pb, strict=True)]
-            except (TypeError, ValueError):
-                return rows, agree, 0.0, 0.0
-            width = len(diffs) // rows
-            diff_sum = sum(diffs) / width  # = sum over rows of the row's mean |dp|
-            diff_max = max(diffs)
+    if pa is not None and pb is not None and len(pa) == len(pb) and pa and len(pa) % rows == 0:
+        try:
+            diffs = [abs(float(x) - float(y)) for x, y in zip(pa, pb, strict=True)]
+        except (TypeError, ValueError):
+            return rows, agree, 0.0, 0.0
+        width = len(diffs) // rows
+        diff_sum = sum(diffs) / width  # = sum over rows of the row's mean |dp|
+        diff_max = max(diffs)
     return rows, agree, diff_sum, diff_max
-
-
-def _flat(data: Any) -> list | None:
-    """A KServe V2 `data` field as a flat list (it may be flat or nested by the shape)."""
-    if not isinstance(data, list):
-        return None
-    if data and isinstance(data[0], list):
-        out: list = []
-        for item in data:
-            nested = _flat(item) if isinstance(item, list) else None
-            if nested is None:
-                return None
-            out += nested
-        return out
-    return data

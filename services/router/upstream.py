@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import httptools
@@ -272,3 +273,41 @@ class Pool:
     @property
     def idle_connections(self) -> int:
         return len(self._idle)
+
+
+class Pools:
+    """One `Pool` per upstream address (scheme, host, port, base path), shared by every config
+    version that routes there, so a config change keeps warm connections."""
+
+    def __init__(self, *, connect_timeout_s: float, max_idle: int, idle_timeout_s: float) -> None:
+        self._options = {"connect_timeout_s": connect_timeout_s, "max_idle": max_idle,
+                         "idle_timeout_s": idle_timeout_s}
+        self._pools: dict[str, Pool] = {}
+
+    def get(self, url: str) -> Pool:
+        key = _address(url)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = Pool(url, **self._options)
+        return pool
+
+    def retain(self, urls: Iterable[str]) -> None:
+        """Close the pools no URL in `urls` uses (idle connections only; requests in flight hold theirs)."""
+        keep = {_address(url) for url in urls}
+        for key in [k for k in self._pools if k not in keep]:
+            self._pools.pop(key).close()
+
+    def prune(self) -> None:
+        for pool in self._pools.values():
+            pool.prune()
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+
+def _address(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{parts.hostname}:{port}{parts.path.rstrip('/')}"

@@ -25,7 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.stack import promtool
 from services.stack.process import ServiceProcess
-from services.stack.routed import model_server, router_process, v2_body
+from services.stack.demo_routed import v2_body
+from services.stack.routed import model_server, router_process
 
 pytestmark = pytest.mark.integration
 
@@ -417,7 +418,7 @@ def test_grpc_predict_is_routed_and_fails_over(servers, rows, start_router) -> N
 
     from services.protocols.tfs import model_pb2, predict_pb2
     from services.protocols.tfs.tensors import from_numpy, to_numpy
-    from services.router.grpc_proxy import PREDICT
+    from services.router.grpc_predict import PREDICT
     from services.stack.process import free_port
 
     cfg = routing(servers, params={"weights": {"stable": 50, "candidate": 50}})

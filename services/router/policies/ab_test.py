@@ -86,6 +86,8 @@ class ABTestPolicy(RoutingPolicy):
 
     kind = "ab"
     Params = ABTestParams
+    takes_feedback = True
+    carries_state = True
 
     def __init__(
         self,
@@ -193,6 +195,13 @@ class ABTestPolicy(RoutingPolicy):
                 for i, name in enumerate(self._variants)
             }
         return {**super().state(), "arms": arms}
+
+    def carry_over(self, previous: Mapping[str, Any]) -> None:
+        arms = previous.get("arms") if isinstance(previous, Mapping) else None
+        if isinstance(arms, Mapping) and set(arms) != set(self._variants):
+            raise PolicyStateError(f"the A/B arms changed from {sorted(arms)} to {sorted(self._variants)}; "
+                                   "the experiment starts fresh")
+        self.load_state(previous)
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         self._check_state_header(state)

@@ -95,6 +95,9 @@ class BanditPolicy(RoutingPolicy):
     Generators are not thread-safe); each choose is a few microseconds of work.
     """
 
+    takes_feedback = True
+    carries_state = True
+
     def __init__(self, variants: Sequence[str], rng: np.random.Generator | int | None) -> None:
         super().__init__(variants)
         self._rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -130,6 +133,20 @@ class BanditPolicy(RoutingPolicy):
             self._arms[i].pulls += 1
             self._total_pulls += 1
         return decision
+
+    def on_failure(self, variant: str, reward: float | None) -> bool:
+        """A failed pull scores ``reward`` (the config's failure reward), so a failing arm loses traffic."""
+        if reward is None:
+            return False
+        self.on_reward(variant, reward)
+        return True
+
+    def carry_over(self, previous: Mapping[str, Any]) -> None:
+        """Arms of variants the new config removed are dropped; new arms start from scratch."""
+        arms = previous.get("arms") if isinstance(previous, Mapping) else None
+        if isinstance(arms, Mapping):
+            previous = {**previous, "arms": {k: v for k, v in arms.items() if k in self._index}}
+        self.load_state(previous)
 
     def on_reward(self, variant: str, reward: float) -> None:
         i = self._variant_index(variant)

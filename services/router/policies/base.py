@@ -162,6 +162,11 @@ class RoutingPolicy(ABC):
 
     kind: ClassVar[str]
     Params: ClassVar[type[PolicyParams]]
+    #: Decisions await an outcome (``POST /feedback``): the router keeps request id -> decision.
+    takes_feedback: ClassVar[bool] = False
+    #: What the policy learned survives a config change that keeps its kind (:meth:`carry_over`);
+    #: False when its whole state comes from the config (canary weights, shadow roles).
+    carries_state: ClassVar[bool] = False
 
     def __init__(self, variants: Sequence[str]) -> None:
         self._variants = validate_variants(variants)
@@ -184,6 +189,26 @@ class RoutingPolicy(ABC):
     def on_reward(self, variant: str, reward: float) -> None:
         """Called with a (possibly delayed) business reward for a variant. Default: ignore."""
         return None
+
+    def on_failure(self, variant: str, reward: float | None) -> bool:
+        """The chosen variant failed and the fallback answered; ``reward`` is the config's failure
+        reward (None: failures teach nothing). True if the policy learned from it. Default: ignore."""
+        return False
+
+    @property
+    def mirrors(self) -> tuple[str, ...]:
+        """Variants that get a copy of every answered request, off the response path. Default: none."""
+        return ()
+
+    def report(self) -> dict[str, Any]:
+        """What ``GET /experiments/{name}`` shows. Default: the state."""
+        return self.state()
+
+    def carry_over(self, previous: Mapping[str, Any]) -> None:
+        """Continue from ``previous``, the :meth:`state` of the same kind of policy under the
+        config this one replaces. Raises PolicyStateError (saying why) when it does not fit;
+        then nothing changed. Default: :meth:`load_state`."""
+        self.load_state(previous)
 
     def state(self) -> dict[str, Any]:
         """JSON-serialisable snapshot for persistence and the status endpoint."""

@@ -84,6 +84,10 @@ class ShadowPolicy(RoutingPolicy):
         """Variants the router mirrors each request to (a fresh list; safe to modify)."""
         return list(self._shadows)
 
+    @property
+    def mirrors(self) -> tuple[str, ...]:
+        return self._shadows
+
     def choose(self, request: RouteRequest) -> Decision:
         return self._override(request) or self._decision
 

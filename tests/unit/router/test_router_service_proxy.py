@@ -21,7 +21,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from services.router.app import build_app
+from services.router.rest import build_app
 from services.router.service import Router
 from services.router.settings import RouterSettings
 
@@ -215,7 +215,7 @@ async def test_bad_requests_get_4xx_naming_the_problem(stubs, harness) -> None:
     for response, status, text in cases:
         assert response.status_code == status, response.text
         assert text in response.json()["error"]
-    big = await harness.client.post("/v2/models/m/infer", content=b"x" * (harness.router.max_body + 1))
+    big = await harness.client.post("/v2/models/m/infer", content=b"x" * (harness.router.settings.max_body_bytes + 1))
     assert big.status_code == 413
 
 
@@ -256,7 +256,7 @@ async def test_4xx_is_the_clients_mistake_and_passes_through(stubs, harness) -> 
         assert r.status_code == 400 and r.headers["x-variant"] == "candidate"
         assert r.json()["error"] == "bad input"
     assert len(a.requests) == 0
-    assert not harness.router.detector.is_ejected("candidate")
+    assert not harness.router.dispatcher.detector.is_ejected("candidate")
 
 
 async def test_refused_connection_and_timeout_fail_over(stubs, harness) -> None:
@@ -268,7 +268,7 @@ async def test_refused_connection_and_timeout_fail_over(stubs, harness) -> None:
     await b.stop()
     r = await harness.infer({"x-variant": "candidate"})
     assert r.status_code == 200 and r.headers["x-variant"] == "stable"
-    snap = harness.router.detector.snapshot()["candidate"]
+    snap = harness.router.dispatcher.detector.snapshot()["candidate"]
     assert snap["consecutive_failures"] == 2
 
 
@@ -278,7 +278,7 @@ async def test_failing_variant_is_ejected_then_skipped(stubs, harness) -> None:
     b.mode = "500"
     for _ in range(3):
         assert (await harness.infer({"x-variant": "candidate"})).status_code == 200
-    assert harness.router.detector.is_ejected("candidate")
+    assert harness.router.dispatcher.detector.is_ejected("candidate")
     sent = len(b.requests)
     before = metric("router_failover_total", from_variant="candidate", to_variant="stable", reason="ejected")
     for _ in range(5):
@@ -320,8 +320,8 @@ async def test_shadow_mirrors_and_compares_off_the_response_path(stubs, harness)
         r = await harness.infer()
         assert r.headers["x-variant"] == "stable" and r.json()["outputs"][0]["data"] == [1]
     router = harness.router
-    await _wait_for(lambda: router.mirror.stats.get("candidate") is not None
-                    and router.mirror.stats["candidate"].compared_requests == 4)
+    await _wait_for(lambda: router.dispatcher.mirrors.stats.get("candidate") is not None
+                    and router.dispatcher.mirrors.stats["candidate"].compared_requests == 4)
     summary = (await harness.client.get("/shadow/summary")).json()
     s = summary["shadows"]["candidate"]
     assert s["mirrored"] == 4 and s["compared_rows"] == 4
@@ -340,7 +340,7 @@ async def test_full_shadow_queue_drops_and_counts_never_delays_the_primary(stubs
     for _ in range(10):
         r = await harness.infer()
         assert r.status_code == 200 and r.headers["x-variant"] == "stable"
-    stats = harness.router.mirror.stats["candidate"]
+    stats = harness.router.dispatcher.mirrors.stats["candidate"]
     assert stats.dropped == 7  # 1 in flight + 2 queued
     b.gate.set()
     await _wait_for(lambda: stats.compared_requests == 3)
@@ -353,10 +353,10 @@ async def test_dead_shadow_costs_the_client_nothing(stubs, harness) -> None:
     await b.stop()
     for _ in range(10):
         assert (await harness.infer()).status_code == 200
-    stats = harness.router.mirror.stats["candidate"]
+    stats = harness.router.dispatcher.mirrors.stats["candidate"]
     await _wait_for(lambda: stats.errors.get("connect", 0) >= 3)
     await _wait_for(lambda: stats.skipped_ejected + stats.errors["connect"] + stats.dropped == 10)
-    assert harness.router.detector.is_ejected("candidate")
+    assert harness.router.dispatcher.detector.is_ejected("candidate")
 
 
 # -- feedback ---------------------------------------------------------------------------------------
@@ -376,10 +376,10 @@ async def test_bandit_feedback_by_request_id(stubs, harness) -> None:
     unknown = await client.post("/feedback", json={"request_id": "never-seen", "reward": 1})
     assert unknown.status_code == 404 and "unknown request_id 'never-seen'" in unknown.json()["error"]
     late = await harness.infer()
-    harness.router.pending._clock = lambda: 1e12  # jump far past the TTL
+    harness.router.dispatcher.pending._clock = lambda: 1e12  # jump far past the TTL
     gone = await client.post("/feedback", json={"request_id": late.headers["x-request-id"], "reward": 1})
     assert gone.status_code == 410 and "beyond the feedback TTL of 60 s" in gone.json()["error"]
-    harness.router.pending._clock = time.time
+    harness.router.dispatcher.pending._clock = time.time
     bad = await harness.infer()
     invalid = await client.post("/feedback", json={"request_id": bad.headers["x-request-id"], "reward": 7})
     assert invalid.status_code == 400
@@ -396,7 +396,7 @@ async def test_failed_bandit_pull_scores_the_failure_reward(stubs, harness) -> N
     b.mode = "500"
     r = await harness.infer({"x-variant": "candidate"})
     assert r.status_code == 200 and r.headers["x-variant"] == "stable"
-    arms = harness.router.table.policy.state()["arms"]
+    arms = harness.router.dispatcher.table.policy.state()["arms"]
     assert arms["candidate"]["rewards"] == 1 and arms["candidate"]["mean_reward"] == 0.0
     late = await harness.client.post("/feedback", json={"request_id": r.headers["x-request-id"], "reward": 1})
     assert late.status_code == 409 and "failed and was scored the failure reward 0" in late.json()["error"]
@@ -473,7 +473,7 @@ async def test_admin_put_validates_versions_and_writes_the_file(stubs, harness) 
     bad = config(a, b, params={"weights": {"stable": 70, "candidate": 20}})
     r = await client.put("/admin/routing", content=yaml.safe_dump(bad), headers=auth())
     assert r.status_code == 400 and "weights sum to 90" in r.json()["error"]
-    assert harness.router.table.version == 1
+    assert harness.router.dispatcher.table.version == 1
     good = config(a, b, params={"weights": {"stable": 0, "candidate": 100}})
     r = await client.put("/admin/routing", content=yaml.safe_dump(good), headers={**auth(), "if-match": '"1"'})
     assert r.status_code == 200, r.text
@@ -485,8 +485,8 @@ async def test_admin_put_validates_versions_and_writes_the_file(stubs, harness) 
     assert same.json()["version"] == 2 and not same.json()["changed"]
     stale = await client.put("/admin/routing", content=yaml.safe_dump(bad), headers={**auth(), "if-match": "1"})
     assert stale.status_code == 412
-    harness.router.check_config_file()  # the file the PUT wrote is not a new change
-    assert harness.router.table.version == 2
+    harness.router.control.check_config_file()  # the file the PUT wrote is not a new change
+    assert harness.router.dispatcher.table.version == 2
 
 
 async def test_file_reload_applies_good_and_keeps_old_on_bad(stubs, harness, caplog) -> None:
@@ -495,15 +495,15 @@ async def test_file_reload_applies_good_and_keeps_old_on_bad(stubs, harness, cap
     await harness.start(config(a, b))
     router = harness.router
     harness.config_path.write_text("name: exp\nvariants: {}\npolicy: {kind: canary}\n")
-    router.check_config_file()
-    assert router.table.version == 1
+    router.control.check_config_file()
+    assert router.dispatcher.table.version == 1
     rejected = [r for r in caplog.records if r.getMessage().startswith("routing config file rejected")]
     assert rejected and "at least one variant is required" in rejected[-1].error
     assert rejected[-1].version_in_force == 1
     cfg = config(a, b, params={"weights": {"stable": 100, "candidate": 0}})
     harness.config_path.write_text(yaml.safe_dump(cfg))
-    router.check_config_file()
-    assert router.table.version == 2
+    router.control.check_config_file()
+    assert router.dispatcher.table.version == 2
     changed = [r for r in caplog.records if r.getMessage() == "routing config changed"]
     assert changed and changed[-1].old_version == 1 and changed[-1].new_version == 2
     assert all([(await harness.infer()).headers["x-variant"] == "stable" for _ in range(5)])
@@ -519,18 +519,18 @@ async def test_reload_keeps_learned_state_for_the_same_policy(stubs, harness) ->
         rids.append(r.headers["x-request-id"])
     for rid in rids[:3]:
         assert (await harness.client.post("/feedback", json={"request_id": rid, "reward": 1})).status_code == 200
-    before = router.table.policy.state()["arms"]
-    router.apply(router.table.config.model_copy(update={"name": "exp2"}), "", "admin")
-    assert router.table.version == 2
-    assert router.table.policy.state()["arms"] == before
+    before = router.dispatcher.table.policy.state()["arms"]
+    router.control.apply(router.dispatcher.table.config.model_copy(update={"name": "exp2"}), "", "admin")
+    assert router.dispatcher.table.version == 2
+    assert router.dispatcher.table.policy.state()["arms"] == before
     # pending decisions survive a same-kind reload ...
     assert (await harness.client.post("/feedback", json={"request_id": rids[3], "reward": 0})).status_code == 200
     # ... but not a change of policy kind: a new experiment starts
     from services.router.config import parse_config
-    router.apply(parse_config(config(a, b, kind="thompson", params={})), "", "admin")
+    router.control.apply(parse_config(config(a, b, kind="thompson", params={})), "", "admin")
     r = await harness.client.post("/feedback", json={"request_id": rids[4], "reward": 0})
     assert r.status_code == 409 and "earlier policy" in r.json()["error"]
-    assert router.table.policy.state()["total_pulls"] == 0
+    assert router.dispatcher.table.policy.state()["total_pulls"] == 0
 
 
 async def test_canary_weight_change_keeps_keys_that_need_not_move(stubs, harness) -> None:
@@ -539,7 +539,7 @@ async def test_canary_weight_change_keeps_keys_that_need_not_move(stubs, harness
     users = [f"user-{i}" for i in range(200)]
     before = {u: (await harness.infer({"x-user-id": u})).headers["x-variant"] for u in users}
     from services.router.config import parse_config
-    harness.router.apply(parse_config(config(a, b, params={"weights": {"stable": 80, "candidate": 20}})), "", "file")
+    harness.router.control.apply(parse_config(config(a, b, params={"weights": {"stable": 80, "candidate": 20}})), "", "file")
     after = {u: (await harness.infer({"x-user-id": u})).headers["x-variant"] for u in users}
     moved = [u for u in users if before[u] != after[u]]
     assert moved and all(before[u] == "stable" and after[u] == "candidate" for u in moved)
@@ -554,15 +554,15 @@ async def test_restart_keeps_bandit_state_and_pending_feedback(stubs, harness) -
     rids = [(await harness.infer()).headers["x-request-id"] for _ in range(8)]
     for rid in rids[:5]:
         assert (await harness.client.post("/feedback", json={"request_id": rid, "reward": 1})).status_code == 200
-    before = harness.router.table.policy.state()
+    before = harness.router.dispatcher.table.policy.state()
     await harness.stop()
     saved = json.loads(harness.state_path.read_text())
     assert saved["policy"]["arms"] == before["arms"]
 
     await harness.start()
-    after = harness.router.table.policy.state()
+    after = harness.router.dispatcher.table.policy.state()
     assert after["arms"] == before["arms"] and after["total_pulls"] == 8
-    assert harness.router.table.version == 1  # same config: same version
+    assert harness.router.dispatcher.table.version == 1  # same config: same version
     r = await harness.client.post("/feedback", json={"request_id": rids[6], "reward": 1})
     assert r.status_code == 200  # a decision made before the restart still takes its reward
     r = await harness.client.post("/feedback", json={"request_id": rids[0], "reward": 1})
@@ -575,7 +575,7 @@ async def test_restart_after_a_changed_file_bumps_the_version(stubs, harness) ->
     await harness.stop()
     harness.config_path.write_text(yaml.safe_dump(config(a, b, params={"weights": {"stable": 1, "candidate": 0}})))
     await harness.start()
-    assert harness.router.table.version == 2
+    assert harness.router.dispatcher.table.version == 2
 
 
 async def test_admin_config_survives_restart_when_the_file_is_not_written(stubs, harness) -> None:
@@ -586,13 +586,13 @@ async def test_admin_config_survives_restart_when_the_file_is_not_written(stubs,
     assert r.json()["version"] == 2 and not r.json()["written_to_file"]
     await harness.stop()
     await harness.start(admin_writes_config=False)
-    assert harness.router.table.version == 2
-    assert harness.router.table.config.policy.params["weights"]["candidate"] == 100
+    assert harness.router.dispatcher.table.version == 2
+    assert harness.router.dispatcher.table.config.policy.params["weights"]["candidate"] == 100
 
 
 async def test_corrupt_state_file_is_moved_aside(stubs, harness) -> None:
     a, b = stubs
     harness.state_path.write_text("{not json")
     await harness.start(config(a, b))
-    assert harness.router.table.version == 1
+    assert harness.router.dispatcher.table.version == 1
     assert list(harness.tmp.glob("state.json.corrupt-*"))

@@ -1,0 +1,170 @@
+"""The router's operator API: feedback, reports, and the bearer-token-protected routing config.
+
+    POST /feedback                 {"request_id" | "key", "reward" | "outcome"}  (services.router.feedback)
+    GET  /experiments/{name}       the policy's report (A/B: counts, rates, verdict; others: their state)
+    GET  /policy  (alias /bandit)  policy state, pending feedback per variant, per-variant health
+    GET  /shadow/summary           shadow comparison (REST and gRPC mirrors alike)
+    GET  /admin/routing            the config in force with its version (ETag)        bearer token
+    PUT  /admin/routing            replace it (YAML or JSON; If-Match: <version>)       bearer token
+
+The admin token comes from ROUTER_ADMIN_TOKEN or ROUTER_ADMIN_TOKEN_FILE (re-read per call, so a
+rotated Secret applies at once); without one the admin API answers 403 'disabled'.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services.core.errors import InvalidInput, NotFound, PayloadTooLarge, ServingError, Unauthorized
+from services.core.http import json_response, parse_json_object, read_body
+from services.router import metrics
+from services.router.control import Control
+from services.router.dispatch import Dispatcher
+from services.router.errors import Forbidden
+from services.router.feedback import apply_feedback
+from services.router.settings import RouterSettings
+
+log = logging.getLogger("services.router")
+
+
+def admin_token(settings: RouterSettings) -> str | None:
+    if settings.admin_token is not None and settings.admin_token.get_secret_value():
+        return settings.admin_token.get_secret_value()
+    if settings.admin_token_file is not None:
+        try:
+            token = Path(settings.admin_token_file).read_text().strip()
+        except OSError as exc:
+            log.error("admin token file unreadable; admin API disabled",
+                      extra={"path": str(settings.admin_token_file), "error": str(exc)})
+            return None
+        return token or None
+    return None
+
+
+def check_admin(settings: RouterSettings, authorization: str | None) -> None:
+    """Raise Forbidden (no token configured) or Unauthorized unless `authorization` carries the token."""
+    token = admin_token(settings)
+    if token is None:
+        raise Forbidden("the admin API is disabled: no admin token is configured "
+                        "(set ROUTER_ADMIN_TOKEN or ROUTER_ADMIN_TOKEN_FILE)", field="Authorization")
+    if not authorization:
+        raise Unauthorized("the admin API needs an 'Authorization: Bearer <token>' header", field="Authorization")
+    scheme, _, presented = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise Unauthorized("Authorization must be 'Bearer <token>'", field="Authorization")
+    if not hmac.compare_digest(presented.strip().encode(), token.encode()):
+        raise Unauthorized("invalid admin token", field="Authorization")
+
+
+def experiment(dispatcher: Dispatcher, name: str) -> dict[str, Any]:
+    table = dispatcher.table
+    assert table is not None
+    if name != table.config.name:
+        raise NotFound(f"unknown experiment {name!r}; this router runs {table.config.name!r}", field="name")
+    return {
+        "name": name,
+        "policy": table.kind,
+        "config_version": table.version,
+        "variants": list(table.variants),
+        "pending_feedback": dispatcher.pending.variants_pending(),
+        "report": table.policy.report(),
+    }
+
+
+def policy_status(dispatcher: Dispatcher) -> dict[str, Any]:
+    table = dispatcher.table
+    assert table is not None
+    health = dispatcher.detector.snapshot()
+    return {
+        "name": table.config.name,
+        "kind": table.kind,
+        "config_version": table.version,
+        "epoch": table.epoch,
+        "state": table.policy.state(),
+        "pending_feedback": dispatcher.pending.variants_pending(),
+        "variants": {
+            name: {"url": v.cfg.url, "grpc": v.grpc, "model": v.model, "version": v.version,
+                   "timeout_s": v.timeout_s, "fallback": v is table.fallback,
+                   **health.get(name, {"ejected": False, "consecutive_failures": 0})}
+            for name, v in table.variants.items()
+        },
+    }
+
+
+def shadow_summary(dispatcher: Dispatcher) -> dict[str, Any]:
+    table = dispatcher.table
+    assert table is not None
+    return {"policy": table.kind, "config_version": table.version,
+            "shadows": [v.name for v in table.shadows], **dispatcher.mirrors.summary()}
+
+
+def routes(dispatcher: Dispatcher, control: Control, settings: RouterSettings) -> list[Route]:
+    """The operator endpoints as Starlette routes (errors leave through core.http's handlers)."""
+
+    async def feedback(request: Request) -> Response:
+        try:
+            body = parse_json_object(await read_body(request, settings.max_body_bytes))
+            table = dispatcher.table
+            assert table is not None
+            result = apply_feedback(table, dispatcher.pending, body)
+        except ServingError as exc:
+            metrics.FEEDBACK.labels(exc.code).inc()
+            raise
+        dispatcher.dirty = True
+        metrics.FEEDBACK.labels("applied").inc()
+        return json_response(result)
+
+    async def experiment_report(request: Request) -> Response:
+        return json_response(experiment(dispatcher, request.path_params["name"]))
+
+    async def policy(_: Request) -> Response:
+        return json_response(policy_status(dispatcher))
+
+    async def shadow(_: Request) -> Response:
+        return json_response(shadow_summary(dispatcher))
+
+    async def admin_routing(request: Request) -> Response:
+        check_admin(settings, request.headers.get("authorization"))
+        if request.method == "GET":
+            table = control.table
+            return json_response(table.describe(), headers={"ETag": f'"{table.version}"'})
+        raw = await _read_text(request, settings.max_body_bytes)
+        result = control.admin_put(raw, request.headers.get("if-match"))
+        return json_response(result, headers={"ETag": f'"{result["version"]}"'})
+
+    return [
+        Route("/feedback", feedback, methods=["POST"]),
+        Route("/experiments/{name}", experiment_report),
+        Route("/policy", policy),
+        Route("/bandit", policy),
+        Route("/shadow/summary", shadow),
+        Route("/admin/routing", admin_routing, methods=["GET", "PUT"]),
+    ]
+
+
+async def _read_text(request: Request, limit: int) -> str:
+    """The body as text (a routing config is YAML, which core.http's JSON readers would misname)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}", field="body")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", field="body")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise InvalidInput("request body is empty; send the routing config as YAML or JSON", field="body")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"request body is not UTF-8: {exc}", field="body") from None

@@ -1,0 +1,139 @@
+"""The TF Serving gRPC codec: `PredictionService/Predict` in, the dispatcher, the variant's reply out.
+
+    ROUTER_GRPC_PORT=8500   and, per variant in the routing config,   grpc: model-server-host:8500
+
+A TF Serving client calls the router as it would call TF Serving. The request is parsed only to
+read and rewrite its `model_spec` (the chosen variant's model and version; a version or label in
+the request pins the variant serving it), then forwarded as bytes over a reused channel; the
+reply goes back as received. Stickiness and overrides come from call metadata (the config's
+sticky and override header names, e.g. `x-user-id`, `x-variant`). The initial and trailing
+metadata carry `x-request-id`, `x-variant` and `x-model-version`, as the REST front's headers do.
+Policy, fail-over, ejection, feedback bookkeeping and shadow mirroring (over gRPC, to each shadow's
+`grpc` address) are the dispatcher's, as for REST. Errors leave through `services.core.grpc_status`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from services.core.errors import InvalidInput, ServingError
+from services.core.grpc_status import guard
+from services.protocols.tfs import predict_pb2
+from services.protocols.tfs.tensors import to_numpy
+from services.router.dispatch import Dispatcher, Request
+from services.router.grpc_upstream import Channels, GrpcAnswer, address, answer_or_raise, reply_metadata
+from services.router.shadow import Outputs
+from services.router.table import Variant
+
+SERVICE = "tensorflow.serving.PredictionService"
+PREDICT = f"/{SERVICE}/Predict"
+
+
+class PredictRequest(Request):
+    """A Predict call: the parsed message (its model_spec is rewritten per variant)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, model: str, version: str | None, request_id: str, key: str | None, override: str | None,
+                 message: Any) -> None:
+        super().__init__(model, version, request_id, key, override)
+        self.message = message
+
+
+class PredictUpstream:
+    def __init__(self, channels: Channels) -> None:
+        self._channels = channels
+
+    async def call(self, variant: Variant, request: PredictRequest) -> GrpcAnswer:
+        return await self._send(variant, request, variant.timeout_s, (("x-request-id", request.request_id),))
+
+    async def mirror(self, variant: Variant, request: PredictRequest, timeout_s: float) -> GrpcAnswer:
+        return await self._send(variant, request, timeout_s,
+                                (("x-request-id", request.request_id), ("x-shadow", "1")))
+
+    async def _send(self, variant: Variant, request: PredictRequest, timeout_s: float,
+                    metadata: tuple[tuple[str, str], ...]) -> GrpcAnswer:
+        call = self._channels.method(address(variant), PREDICT)
+        spec = request.message.model_spec
+        spec.name = variant.model
+        version = variant.version
+        if isinstance(version, int):
+            spec.version.value = version
+        elif isinstance(version, str):
+            spec.version_label = version
+        else:
+            spec.ClearField("version_choice")
+        try:
+            return GrpcAnswer(await call(request.message.SerializeToString(), timeout=timeout_s, metadata=metadata))
+        except grpc.aio.AioRpcError as exc:
+            return answer_or_raise(exc)
+
+    def outputs(self, body: bytes) -> Outputs | None:
+        try:
+            outputs = predict_pb2.PredictResponse.FromString(body).outputs
+            if "label" not in outputs:
+                return None
+            labels = to_numpy(outputs["label"]).ravel().tolist()
+            probabilities = (to_numpy(outputs["probabilities"]).ravel().tolist()
+                             if "probabilities" in outputs else None)
+        except (DecodeError, ValueError):
+            return None
+        return labels, probabilities
+
+
+class PredictCodec:
+    """The servicer: bytes in, bytes out, registered on the router's gRPC port (grpc_front)."""
+
+    def __init__(self, dispatcher: Dispatcher, channels: Channels) -> None:
+        self.dispatcher = dispatcher
+        self.upstream = PredictUpstream(channels)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE, {"Predict": grpc.unary_unary_rpc_method_handler(self.predict)}
+        )
+
+    async def predict(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return await guard(context, lambda: self._predict(raw, context))
+
+    async def _predict(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        dispatcher = self.dispatcher
+        table = dispatcher.table
+        assert table is not None
+        given = key = override = None
+        sticky, forcing = table.sticky, table.override
+        for name, value in context.invocation_metadata() or ():
+            if name == "x-request-id":
+                given = value
+            elif name == forcing:
+                override = value
+            elif name == sticky:
+                key = value
+        rid = dispatcher.request_id(given if isinstance(given, str) else None)
+        try:
+            try:
+                message = predict_pb2.PredictRequest.FromString(raw)
+            except DecodeError:
+                error = InvalidInput("request is not a PredictRequest", field="request")
+                table.unrouted.request(error.http_status)
+                raise error from None
+            spec = message.model_spec
+            choice = spec.WhichOneof("version_choice")
+            version = None if choice is None else (
+                str(spec.version.value) if choice == "version" else spec.version_label)
+            request = PredictRequest(spec.name, version, rid, key or None, override or None, message)
+            routed = await dispatcher.dispatch(table, request, self.upstream)
+        except ServingError:
+            context.set_trailing_metadata((("x-request-id", rid),))
+            raise
+        served, answer, _ = routed
+        metadata = reply_metadata(rid, served)
+        await context.send_initial_metadata(metadata)
+        context.set_trailing_metadata(metadata)
+        if answer.error is not None:  # the variant's verdict on a bad request: the client's mistake
+            raise answer.error
+        dispatcher.mirror(table, request, self.upstream, routed)
+        return answer.body

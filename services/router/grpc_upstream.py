@@ -1,0 +1,100 @@
+"""What the gRPC codecs share to call variants: channels, answers, and reading an upstream's status.
+
+    channels = Channels(max_message_bytes)
+    call = channels.method("127.0.0.1:8500", "/tensorflow.serving.PredictionService/Predict")
+    reply = await call(request_bytes, timeout=1.0, metadata=(("x-request-id", rid),))   # bytes in, bytes out
+
+An upstream's non-OK status becomes a ServingError through `services.core.grpc_status.error_from_status`
+(`upstream_error`). A client error (INVALID_ARGUMENT, NOT_FOUND, a batch over the limit ...) is the
+caller's: it comes back as a `GrpcAnswer` carrying the error, to be passed through, and never
+counts against the variant. Anything else (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, overload ...)
+is a failure of the variant: `UpstreamError`, fail-over and ejection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from services.core.errors import ClientError, Overloaded, PayloadTooLarge, ServingError
+from services.core.grpc_status import error_from_status
+from services.router.table import Variant
+from services.router.upstream import UpstreamError
+
+
+class GrpcAnswer:
+    """A variant's gRPC answer: the reply bytes, or the client error it answered with."""
+
+    __slots__ = ("status", "body", "error")
+
+    def __init__(self, body: bytes, error: ClientError | None = None) -> None:
+        self.status = 200 if error is None else error.http_status
+        """HTTP-equivalent status, for metrics and the dispatcher (< 500: an answer, not a failure)."""
+        self.body = body
+        self.error = error
+
+
+class Channels:
+    """One channel per upstream address, shared by every gRPC codec; closed at shutdown."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._options = [("grpc.max_receive_message_length", max_message_bytes),
+                         ("grpc.max_send_message_length", max_message_bytes)]
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._methods: dict[str, dict[str, Any]] = {}
+
+    def method(self, address: str, path: str) -> Any:
+        """A bytes-in, bytes-out unary callable of `path` on `address`."""
+        by_address = self._methods.get(path)
+        if by_address is None:
+            by_address = self._methods[path] = {}
+        call = by_address.get(address)
+        if call is None:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = self._channels[address] = grpc.aio.insecure_channel(address, options=self._options)
+            call = by_address[address] = channel.unary_unary(path)
+        return call
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self._methods.clear()
+
+
+def address(variant: Variant) -> str:
+    """The variant's gRPC address; a variant without one fails like an unreachable one."""
+    if variant.grpc is None:
+        raise UpstreamError("no_grpc_address", f"variant {variant.name!r} has no grpc address in the routing config")
+    return variant.grpc
+
+
+def upstream_error(exc: grpc.aio.AioRpcError) -> ServingError:
+    """The ServingError an upstream's status stands for."""
+    error = error_from_status(exc.code(), exc.details())
+    if isinstance(error, Overloaded) and not _has_retry_after(exc.trailing_metadata()):
+        # RESOURCE_EXHAUSTED without Retry-After is a message or batch over a limit: the client's
+        # mistake (a shedding server always sends Retry-After; see core.grpc_status.abort).
+        error = PayloadTooLarge(error.message)
+    return error
+
+
+def answer_or_raise(exc: grpc.aio.AioRpcError) -> GrpcAnswer:
+    """A client error as an answer to pass through; raise UpstreamError for anything else."""
+    error = upstream_error(exc)
+    if isinstance(error, ClientError):
+        return GrpcAnswer(b"", error)
+    code = exc.code()
+    raise UpstreamError(f"grpc_{code.name.lower()}", f"{code.name}: {error.message}")
+
+
+def reply_metadata(request_id: str, served: Variant) -> tuple[tuple[str, str], ...]:
+    """What the REST front sends as headers: who answered, which version, under which request id."""
+    return (("x-request-id", request_id), ("x-variant", served.name),
+            ("x-model-version", served.model_version.decode()))
+
+
+def _has_retry_after(metadata: Any) -> bool:
+    return any(key == "retry-after" for key, _ in metadata or ())
