@@ -1,12 +1,21 @@
 """The one place a `ServingError` becomes a gRPC status, and a gRPC status becomes a `ServingError`.
 
+    add_servicer(server, service, servicer)
+                                 registers every method of a service so that it answers errors through
+                                 `guard`, and undecodable request bytes as INVALID_ARGUMENT
     abort(context, exc)          ServingError -> status code + message (+ `retry-after` trailer on overload)
     guard(context, call)         runs a servicer body: ServingError -> abort; anything else -> INTERNAL,
                                  logged, never a trace or a class name to the client
     error_from_status(code, msg) an upstream's gRPC status -> the ServingError a proxy or client raises,
                                  so a REST front answers it with the matching HTTP status
 
-Every gRPC servicer (model server, router, any protocol codec) answers errors through these.
+Every gRPC servicer (model server, router, any protocol codec) answers errors through these; with
+`add_servicer` a servicer method only raises ServingError and never touches the context for errors.
+
+Why `add_servicer` instead of the generated `add_XServicer_to_server`: gRPC decodes the request
+before the servicer runs, and when the bytes do not parse it logs a trace and hands the method None
+(which then fails somewhere as INTERNAL or UNKNOWN). Here decoding failures reach the method wrapper
+as a marker, answered INVALID_ARGUMENT naming the message type.
 """
 
 from __future__ import annotations
@@ -16,6 +25,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 
 from services.core.errors import (
     ClientError,
@@ -54,8 +66,69 @@ async def guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[
         return await call()
     except ServingError as exc:
         await abort(context, exc)
+    except grpc.aio.AbortError:
+        raise  # the body already answered
     except Exception as exc:  # never a trace to the client
         await abort_internal(context, exc)
+
+
+class _Undecodable:
+    """What the request deserializer hands the method when the bytes are not a valid message."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: InvalidInput) -> None:
+        self.error = error
+
+
+def _decoder(message_class: Any) -> Callable[[bytes], Any]:
+    parse = message_class.FromString
+    type_name = message_class.DESCRIPTOR.full_name
+
+    def decode(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:
+            return _Undecodable(InvalidInput(f"the request is not a valid {type_name} message "
+                                             f"({len(data)} bytes that do not parse)", field="request"))
+
+    return decode
+
+
+def _guarded(method: Callable[[Any, grpc.aio.ServicerContext], Awaitable[T]]
+             ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[T]]:
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> T:
+        if request.__class__ is _Undecodable:
+            await abort(context, request.error)
+        try:
+            return await method(request, context)
+        except ServingError as exc:
+            await abort(context, exc)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_internal(context, exc)
+
+    return behavior
+
+
+def add_servicer(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
+    """Register `servicer`'s unary methods for `service` (one coroutine method per RPC, named as in
+    the .proto); methods it lacks answer UNIMPLEMENTED, as with the generated registration."""
+    handlers = {}
+    for method in service.methods:
+        if method.client_streaming or method.server_streaming:
+            raise ValueError(f"{service.full_name}/{method.name} streams; add_servicer registers unary methods")
+        impl = getattr(servicer, method.name, None)
+        if impl is None:
+            continue
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _guarded(impl),
+            request_deserializer=_decoder(GetMessageClass(method.input_type)),
+            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 _FROM_CODE: dict[grpc.StatusCode, type[ServingError]] = {

@@ -1,27 +1,36 @@
-"""HTTP plumbing shared by the services: JSON in and out, errors to the wire, serving.
+"""HTTP plumbing shared by the services: JSON in and out, errors to the wire, serving a process.
 
-`error_response` is the one place a `ServingError` becomes an HTTP response. Unexpected
-exceptions become a 500 with a generic body and a logged trace; a client never sees a trace.
+`exception_response` is the one place an exception becomes an HTTP response: a `ServingError`
+through `error_response` (its status and JSON body), anything else a 500 with a generic body and a
+logged trace; a client never sees a trace. Starlette apps get it through `EXCEPTION_HANDLERS`;
+bare ASGI handlers (a hot path that skips Starlette's router) call it directly.
+
+`serve(app, settings, ...)` runs a service process: the app under uvicorn, optionally beside other
+servers (grpc.aio), with one graceful drain on SIGTERM / SIGINT and exit status 0.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import signal
-from types import FrameType
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import orjson
 import uvicorn
+import uvloop
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from services.core.errors import InvalidInput, Overloaded, PayloadTooLarge, ServingError
 from services.core.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+INTERNAL_MESSAGE = "internal error; see the server log"
 # `_created` series double the exposition size and no dashboard here reads them.
 disable_created_metrics()
 _JSON = "application/json"
@@ -81,19 +90,23 @@ def parse_json_object(raw: bytes | memoryview) -> dict[str, Any]:
     return require_json_object(data)
 
 
-async def _serving_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ServingError)
-    if exc.http_status >= 500:
-        log.warning("request failed", extra={"error": exc.message, "code": exc.code})
-    return error_response(exc)
+def exception_response(exc: Exception, path: str = "") -> Response:
+    """The response for any exception a handler raised (see the module docstring)."""
+    if isinstance(exc, ServingError):
+        if exc.http_status >= 500:
+            log.warning("request failed", extra={"error": exc.message, "code": exc.code, "path": path})
+        return error_response(exc)
+    log.error("unhandled error", exc_info=exc, extra={"path": path})
+    return json_response({"error": INTERNAL_MESSAGE, "code": "internal"}, 500)
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
-    return json_response({"error": "internal error; see the server log", "code": "internal"}, 500)
+async def _handle(request: Request, exc: Exception) -> Response:
+    return exception_response(exc, request.url.path)
 
 
-EXCEPTION_HANDLERS = {ServingError: _serving_error, Exception: _unexpected}
+# Both keys: Starlette routes ServingError (any status) through its exception middleware and
+# everything else through its server-error middleware; both end in `exception_response`.
+EXCEPTION_HANDLERS = {ServingError: _handle, Exception: _handle}
 
 
 async def metrics(_: Request) -> Response:
@@ -106,24 +119,111 @@ def require_json_object(body: Any) -> dict[str, Any]:
     return body
 
 
-class _Server(uvicorn.Server):
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        # uvicorn re-raises a captured SIGTERM after its graceful shutdown, so a process that
-        # drained cleanly would still die "by signal"; Kubernetes and our tests read exit 0.
-        self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+# -- serving a process ----------------------------------------------------------------------
 
 
-def serve(app: Starlette, settings: ServiceSettings) -> None:
-    """Run under uvicorn; SIGTERM stops accepting and drains in-flight requests, then exits 0."""
+class Server(Protocol):
+    """A server `serve` runs beside the HTTP one, e.g. a grpc.aio server wrapped with its health."""
+
+    async def start(self) -> None:
+        """Bind and start serving (called on the running loop, before the HTTP port opens)."""
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new calls; let in-flight ones finish within `grace_s`."""
+
+
+Hook = Callable[[], Awaitable[None]]
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: `serve` handles SIGTERM/SIGINT once, on the loop, for
+    every server (uvicorn's handler would race it, and re-raise the signal after draining, so a
+    process that drained cleanly would still die "by signal" instead of exiting 0)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def serve(app: ASGIApp, settings: ServiceSettings, *, servers: Sequence[Server] = (),
+          on_start: Sequence[Hook] = (), on_stop: Sequence[Hook] = (),
+          stopping: asyncio.Event | None = None) -> None:
+    """Run a service process on one uvloop event loop until SIGTERM or SIGINT; exit 0 when it drained.
+
+    Start: `on_start` hooks in order (e.g. load models), then each of `servers`, then the app under
+    uvicorn (its lifespan, if any, then the HTTP port). Stop: `stopping` is set (readiness can turn
+    503 on it), uvicorn and every server stop accepting and drain in-flight requests concurrently
+    within `settings.shutdown_grace_s`, then `on_stop` hooks run in order (e.g. unload models).
+    A hook or server that fails to start, or uvicorn ending on its own, stops the rest and exits 1.
+    """
+    status = uvloop.run(_serve(app, settings, servers, on_start, on_stop, stopping or asyncio.Event()))
+    if status:
+        raise SystemExit(status)
+
+
+async def _serve(app: ASGIApp, settings: ServiceSettings, servers: Sequence[Server], on_start: Sequence[Hook],
+                 on_stop: Sequence[Hook], stopping: asyncio.Event) -> int:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    grace_s = settings.shutdown_grace_s
+    started: list[Server] = []
+    try:
+        for hook in on_start:
+            await hook()
+        for server in servers:
+            await server.start()
+            started.append(server)
+    except Exception as exc:
+        log.error("start-up failed; stopping", exc_info=exc)
+        await _stop(started, on_stop, grace_s)
+        return 1
+
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        loop="uvloop",
         http="httptools",
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        server_header=False,
+        timeout_graceful_shutdown=grace_s,  # type: ignore[arg-type]  # a float works; the hint says int
     )
-    _Server(config).run()
+    http = _Uvicorn(config)
+    http_task = asyncio.create_task(http.serve(), name="http")
+    signal_task = asyncio.create_task(stopping.wait(), name="signal")
+    await asyncio.wait({http_task, signal_task}, return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    if http_task.done():  # uvicorn ended on its own: its lifespan failed, or it crashed
+        log.error("HTTP server stopped unexpectedly; shutting down")
+        status = 1
+    stopping.set()
+    signal_task.cancel()
+    log.info("shutting down: no new requests; finishing in-flight ones", extra={"grace_s": grace_s})
+    http.should_exit = True
+    results = await asyncio.gather(http_task, *(s.stop(grace_s) for s in started), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            log.error("a server failed while stopping", exc_info=result)
+            status = status or 1
+    if not await _run_hooks(on_stop):
+        status = status or 1
+    log.info("stopped", extra={"exit_status": status})
+    return status
+
+
+async def _stop(servers: Sequence[Server], on_stop: Sequence[Hook], grace_s: float) -> None:
+    await asyncio.gather(*(s.stop(grace_s) for s in servers), return_exceptions=True)
+    await _run_hooks(on_stop)
+
+
+async def _run_hooks(hooks: Sequence[Hook]) -> bool:
+    """Every hook runs even if one fails; False if any failed."""
+    ok = True
+    for hook in hooks:
+        try:
+            await hook()
+        except Exception as exc:
+            log.error("stop hook failed", exc_info=exc)
+            ok = False
+    return ok

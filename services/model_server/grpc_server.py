@@ -1,298 +1,108 @@
-"""gRPC front-end: TensorFlow Serving's API, standard health checking, server reflection.
+"""The model server's gRPC server: every protocol's services on one port, health, reflection.
 
-    tensorflow.serving.PredictionService/Predict            inputs {"input": TensorProto [rows, features]}
-                                                            -> outputs {"label": int64 [rows],
-                                                                        "probabilities": float [rows, classes]}
-    tensorflow.serving.PredictionService/GetModelMetadata   metadata_field ["signature_def"] -> SignatureDefMap
-    tensorflow.serving.ModelService/GetModelStatus          per-version state (AVAILABLE, END, ...) and load errors
-    grpc.health.v1.Health/Check|Watch                       "" and each service: SERVING once a version serves
-    grpc.reflection.v1alpha.ServerReflection                grpcurl / grpc_cli can list and describe the services
+    tensorflow.serving.PredictionService, tensorflow.serving.ModelService    grpc_tfs.py
+    inference.GRPCInferenceService (Open Inference Protocol / KServe V2)     grpc_oip.py
+    grpc.health.v1.Health/Check|Watch      "" and each service above: SERVING once a version serves
+    grpc.reflection.v1alpha.ServerReflection   grpcurl / grpc_cli can list and describe the services
 
-The model is chosen by `ModelSpec.name`, plus `version` (a number) or `version_label` (from the
-model's config.yaml); with neither, the newest loaded version that passed its quality gate.
-Input tensors may be DT_FLOAT, DT_DOUBLE, DT_INT32 or DT_INT64, in `tensor_content` or the typed
-value fields (`services.protocols.tfs.tensors`).
-
-Errors: `services.core.grpc_status` is the one place a `ServingError` becomes a gRPC status, via its
-`grpc_code` (NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE, ...). Anything unexpected
-is logged and answered INTERNAL without a trace.
-
-The messages come from our own wire-compatible protos (no TensorFlow in this process); see
-services/protocols/tfs/README.md.
+Each protocol is one codec module returning (service descriptor, servicer) pairs; they are
+registered with `services.core.grpc_status.add_servicer`, so every method answers errors (and
+undecodable requests) through the one mapping.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from typing import Any
+from collections.abc import Iterable
 
 import grpc
-import numpy as np
+from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
+from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from services.core.errors import InvalidInput, NotFound, ServingError
-from services.core.grpc_status import abort, guard
-from services.model_server import metrics
-from services.model_server.repository import Registry, Servable
-from services.protocols.tfs import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_pb2,
-    model_service_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2,
-    prediction_service_pb2_grpc,
-    signature_def_pb2,
-    status_pb2,
-    tensor_shape_pb2,
-    types_pb2,
-)
-from services.protocols.tfs.tensors import from_numpy, to_numpy
+from services.core.grpc_status import add_servicer
+from services.model_server import grpc_oip, grpc_tfs
+from services.model_server.repository import Registry
 
 log = logging.getLogger(__name__)
-
-SIGNATURE = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
-_OUTPUTS = frozenset({"label", "probabilities"})
-SERVICE_NAMES = (
-    prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
-    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
-)
-_STATES = get_model_status_pb2.ModelVersionStatus.State
-_DT_FLOAT = types_pb2.DT_FLOAT
-_F4 = np.dtype("<f4")
+_HEALTH: ServiceDescriptor = health_pb2.DESCRIPTOR.services_by_name["Health"]
+_REFLECTION: ServiceDescriptor = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 
 
-def _resolve(registry: Registry, spec: Any) -> Servable:
-    choice = spec.WhichOneof("version_choice")
-    if choice == "version":
-        return registry.resolve(spec.name, spec.version.value)
-    if choice == "version_label":
-        return registry.resolve(spec.name, label=spec.version_label)
-    return registry.resolve(spec.name)
+def _reflection_pool(services: Iterable[ServiceDescriptor]) -> DescriptorPool:
+    """One pool holding the files of every service served. Reflection looks symbols up in a single
+    pool, and the Open Inference Protocol messages live outside the default one
+    (services/protocols/oip/README.md)."""
+    pool = DescriptorPool()
+    added: set[str] = set()
 
+    def add(file: FileDescriptor) -> None:
+        if file.name in added:
+            return
+        added.add(file.name)
+        for dependency in file.dependencies:
+            add(dependency)
+        pool.AddSerializedFile(file.serialized_pb)
 
-def _check_signature(spec: Any) -> None:
-    if spec.signature_name not in ("", SIGNATURE):
-        raise InvalidInput(f"unknown signature_name {spec.signature_name!r}; the model has {SIGNATURE!r}",
-                           field="model_spec.signature_name")
-
-
-def _tensor_info(dtype: int, dims: list[int], name: str) -> signature_def_pb2.TensorInfo:
-    return signature_def_pb2.TensorInfo(
-        name=name,
-        dtype=dtype,  # type: ignore[arg-type]
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d)
-                                                             for d in dims]),
-    )
-
-
-def signature_def_map(servable: Servable) -> get_model_metadata_pb2.SignatureDefMap:
-    card = servable.card
-    signature = signature_def_pb2.SignatureDef(
-        inputs={card.input.name: _tensor_info(types_pb2.DT_FLOAT, [-1, card.n_features], f"{card.input.name}:0")},
-        outputs={
-            "label": _tensor_info(types_pb2.DT_INT64, [-1], "label:0"),
-            "probabilities": _tensor_info(types_pb2.DT_FLOAT, [-1, len(card.classes)], "probabilities:0"),
-        },
-        method_name=PREDICT_METHOD,
-    )
-    return get_model_metadata_pb2.SignatureDefMap(signature_def={SIGNATURE: signature})
-
-
-class _GrpcView:
-    """What Predict needs of one servable, computed once per loaded version."""
-
-    __slots__ = ("input_name", "input_field", "model_spec", "metrics")
-
-    def __init__(self, servable: Servable) -> None:
-        self.input_name = servable.card.input.name
-        self.input_field = f"inputs[{self.input_name}]"
-        self.model_spec = model_pb2.ModelSpec(name=servable.name, signature_name=SIGNATURE)
-        self.model_spec.version.value = servable.version
-        self.metrics = servable.metrics.protocols["grpc"]
-
-
-def _view(servable: Servable) -> _GrpcView:
-    view = servable.cache.get("grpc_view")
-    if view is None:
-        view = servable.cache["grpc_view"] = _GrpcView(servable)
-    return view
-
-
-def predict_response(view: _GrpcView, labels: np.ndarray, probabilities: np.ndarray,
-                     wanted: Any = ()) -> predict_pb2.PredictResponse:
-    """The PredictResponse for these outputs (all of them unless `wanted` names some)."""
-    outputs = {}
-    if not wanted or "label" in wanted:
-        outputs["label"] = from_numpy(labels)
-    if not wanted or "probabilities" in wanted:
-        outputs["probabilities"] = from_numpy(probabilities)
-    return predict_pb2.PredictResponse(outputs=outputs, model_spec=view.model_spec)
-
-
-def _input_array(tensor: Any) -> np.ndarray:
-    """The request's input tensor as an array. The common case (float32 `tensor_content`, rows x
-    features) reads the bytes in place; anything else goes through `to_numpy`, which handles every
-    supported dtype and encoding and names what is wrong."""
-    if tensor.dtype == _DT_FLOAT:
-        content = tensor.tensor_content
-        dims = tensor.tensor_shape.dim
-        if content and len(dims) == 2 and not tensor.tensor_shape.unknown_rank:
-            rows, cols = dims[0].size, dims[1].size
-            if rows >= 0 and cols >= 0 and len(content) == rows * cols * 4:
-                return np.frombuffer(content, dtype=_F4).reshape(rows, cols)  # read-only; nothing writes to it
-    return to_numpy(tensor)
-
-
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-
-    async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
-                      ) -> predict_pb2.PredictResponse:  # noqa: N802 - the gRPC method name
-        started = time.perf_counter()
-        spec = request.model_spec
-        servable = None
-        try:
-            servable = _resolve(self.registry, spec)
-            if spec.signature_name:
-                _check_signature(spec)
-            view = servable.cache.get("grpc_view") or _view(servable)
-            expected = view.input_name
-            inputs = request.inputs
-            if len(inputs) != 1 or expected not in inputs:
-                raise InvalidInput(f"PredictRequest.inputs must hold exactly the model's input {expected!r}, "
-                                   f"got {sorted(inputs)}", field="inputs")
-            try:
-                arr = _input_array(inputs[expected])
-            except ValueError as exc:
-                raise InvalidInput(f"inputs[{expected!r}]: {exc}", field=view.input_field) from exc
-            x = servable.contract.check_array(arr, field=view.input_field)
-            wanted = request.output_filter
-            if wanted and not set(wanted) <= _OUTPUTS:
-                raise InvalidInput(f"output_filter {sorted(set(wanted) - _OUTPUTS)} unknown; the model has "
-                                   f"{sorted(_OUTPUTS)}", field="output_filter")
-            labels, probabilities = await servable.predict(x)
-            response = predict_response(view, labels, probabilities, wanted)
-        except ServingError as exc:
-            if servable is not None:
-                servable.metrics.error("grpc", exc.code)
-            else:
-                name = spec.name if spec.name in self.registry.models else ""
-                metrics.count_error(name, "", "grpc", exc.code)
-            await abort(context, exc)
-        m = view.metrics
-        m.ok.inc()
-        m.seconds.observe(time.perf_counter() - started)
-        return response
-
-    async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
-                               context: grpc.aio.ServicerContext
-                               ) -> get_model_metadata_pb2.GetModelMetadataResponse:  # noqa: N802
-        async def call() -> get_model_metadata_pb2.GetModelMetadataResponse:
-            servable = _resolve(self.registry, request.model_spec)
-            fields = list(request.metadata_field)
-            if not fields:
-                raise InvalidInput("GetModelMetadataRequest must name at least one metadata_field ('signature_def')",
-                                   field="metadata_field")
-            unsupported = [f for f in fields if f != "signature_def"]
-            if unsupported:
-                raise InvalidInput(f"metadata_field {unsupported} not supported; only 'signature_def' is",
-                                   field="metadata_field")
-            cached = servable.cache.get("grpc_metadata")
-            if cached is None:
-                cached = get_model_metadata_pb2.GetModelMetadataResponse()
-                cached.model_spec.name = servable.name
-                cached.model_spec.version.value = servable.version
-                cached.model_spec.signature_name = SIGNATURE
-                cached.metadata["signature_def"].Pack(signature_def_map(servable))
-                servable.cache["grpc_metadata"] = cached
-            return cached
-
-        return await guard(context, call)
-
-
-class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-
-    async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
-                             context: grpc.aio.ServicerContext
-                             ) -> get_model_status_pb2.GetModelStatusResponse:  # noqa: N802
-        async def call() -> get_model_status_pb2.GetModelStatusResponse:
-            spec = request.model_spec
-            entry = self.registry.model(spec.name)
-            choice = spec.WhichOneof("version_choice")
-            if choice == "version_label":
-                versions = [entry.resolve(label=spec.version_label).version]
-            elif choice == "version":
-                if spec.version.value not in entry.statuses:
-                    raise NotFound(f"model {spec.name!r} has no version {spec.version.value} "
-                                   f"(known: {sorted(entry.statuses)})", field="model_spec.version")
-                versions = [spec.version.value]
-            else:
-                versions = sorted(entry.statuses)
-            response = get_model_status_pb2.GetModelStatusResponse()
-            for v in versions:
-                s = entry.statuses[v]
-                response.model_version_status.append(get_model_status_pb2.ModelVersionStatus(
-                    version=v,
-                    state=_STATES.Value(s.state),
-                    status=status_pb2.StatusProto(error_code=s.grpc_code.value[0], error_message=s.error),
-                ))
-            return response
-
-        return await guard(context, call)
+    for service in services:
+        add(service.file)
+    return pool
 
 
 class GrpcFrontend:
-    """The grpc.aio server with every service registered; health follows the registry's readiness."""
+    """The grpc.aio server with every service registered; health follows the registry's readiness.
+    A `serve()` server: start() binds and starts, stop(grace_s) drains."""
 
     def __init__(self, registry: Registry, *, host: str, port: int, max_message_bytes: int) -> None:
         self.registry = registry
-        options = [
+        self.address = f"{host}:{port}"
+        self.port = port
+        self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self.server = grpc.aio.server(options=options)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(registry), self.server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(registry), self.server)
-        self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server,
-        )
-        self.address = f"{host}:{port}"
-        self.port = self.server.add_insecure_port(self.address)
+        self._servicers = [*grpc_tfs.servicers(registry), *grpc_oip.servicers(registry)]
+        self.services = [service for service, _ in self._servicers]
+        self.server: grpc.aio.Server | None = None
+        self.health: health.aio.HealthServicer | None = None
         self._serving: bool | None = None
         registry.listeners.append(self.sync_health)
 
     async def start(self) -> None:
-        await self.server.start()
+        """Bind and start (on the running loop: grpc.aio binds a server to the loop it was made on)."""
+        server = grpc.aio.server(options=self._options)
+        for service, servicer in self._servicers:
+            add_servicer(server, service, servicer)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = [s.full_name for s in (*self.services, _HEALTH, _REFLECTION)]
+        reflection.enable_server_reflection(names, server,
+                                            pool=_reflection_pool((*self.services, _HEALTH, _REFLECTION)))
+        self.port = server.add_insecure_port(self.address)
+        self.address = f"{self.address.rpartition(':')[0]}:{self.port}"
+        self.server = server
+        await server.start()
         self.sync_health()
+        log.info("gRPC listening", extra={"address": self.address, "services": [s.full_name for s in self.services]})
 
     def sync_health(self) -> None:
-        """Mirror the registry's readiness into grpc.health.v1 ("" and each TF Serving service)."""
+        """Mirror the registry's readiness into grpc.health.v1 ("" and each served service)."""
         serving = self.registry.ready
-        if serving == self._serving:
+        if self.health is None or serving == self._serving:
             return
         self._serving = serving
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", *SERVICE_NAMES):
-            self._set_health(name, status)
-
-    def _set_health(self, name: str, status: int) -> None:
-        # The aio servicer's set() is a coroutine; its state change is synchronous up to the await.
-        asyncio.get_running_loop().create_task(self.health.set(name, status))
+        for name in ("", *(s.full_name for s in self.services)):
+            # The aio servicer's set() is a coroutine; its state change is synchronous up to the await.
+            asyncio.get_running_loop().create_task(self.health.set(name, status))
 
     async def stop(self, grace_s: float) -> None:
         """NOT_SERVING, refuse new calls, let in-flight calls finish within `grace_s`."""
-        await self.health.enter_graceful_shutdown()
+        if self.server is None:
+            return
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)

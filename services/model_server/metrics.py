@@ -10,7 +10,8 @@
     model_server_model_loads_total{model_name, outcome}                        counter, loaded | failed | unloaded
     model_server_out_of_range_values_total{model_name, model_version}          counter, range policy `flag`
 
-`protocol` is `rest_v2` (KServe V2), `rest_v1` (TF Serving REST) or `grpc`; `status` is `ok` or
+`protocol` is `rest_v2` (KServe V2 REST), `rest_v1` (TF Serving REST), `grpc` (TF Serving gRPC) or
+`grpc_v2` (Open Inference Protocol / KServe V2 gRPC); `status` is `ok` or
 the error code of `services.core.errors` (`invalid_input`, `not_found`, `overloaded`, ...), the
 same across protocols. Requests for a model that does not exist are counted under
 model_name="" so a client cannot grow the label set.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-PROTOCOLS = ("rest_v2", "rest_v1", "grpc")
+PROTOCOLS = ("rest_v2", "rest_v1", "grpc", "grpc_v2")
 
 LATENCY_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

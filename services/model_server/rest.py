@@ -26,14 +26,13 @@ TF Serving REST:
     POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict     {"instances": [...]} or {"inputs": ...}
 
 Errors are `{"error": "...", "code": "...", "field": "..."}` with 400 / 404 / 413 / 503 (+ Retry-After);
-the one place they become responses is `services.core.http.error_response`.
+the one place they become responses is `services.core.http` (`exception_response`). Inference goes
+through the shared path of every protocol, `services.model_server.dispatch`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -44,26 +43,28 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from services.core.errors import InvalidInput, NotFound, ServingError
+from services.core.errors import InvalidInput, NotFound
 from services.core.http import (
     EXCEPTION_HANDLERS,
-    error_response,
+    exception_response,
     json_response,
     parse_json_object,
     read_body,
     receive_body,
 )
 from services.core.http import metrics as metrics_endpoint
-from services.model_server import metrics
+from services.model_server.dispatch import Call, version_number
+from services.model_server.metadata import (
+    OUTPUT_DATATYPES,
+    OUTPUTS,
+    SERVER_NAME,
+    SERVER_VERSION,
+    cached_v2_metadata,
+)
 from services.model_server.repository import Registry, Servable
 
-SERVER_NAME = "serving-patterns-model-server"
-SERVER_VERSION = "0.1.0"
-OUTPUTS = ("label", "probabilities")
 _V2_DTYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64}
 _V2_KINDS = {"FP32": "iuf", "FP64": "iuf", "INT64": "iu"}  # numpy kinds accepted in JSON data
-_V2_OUT_DTYPES = {"label": "INT64", "probabilities": "FP32"}
-log = logging.getLogger(__name__)
 
 
 # -- request plumbing -----------------------------------------------------------------------
@@ -72,14 +73,8 @@ log = logging.getLogger(__name__)
 def _version_or_label(raw: str | None) -> tuple[int | None, str | None]:
     if raw is None:
         return None, None
-    if raw.isdigit():
-        return int(raw), None
-    return None, raw
-
-
-def _labels_for(registry: Registry, name: str) -> tuple[str, str]:
-    """Metric labels for a request that failed before it reached a version: no client-chosen values."""
-    return (name, "") if name in registry.models else ("", "")
+    version = version_number(raw)
+    return (version, None) if version is not None else (None, raw)
 
 
 # -- KServe V2 inference --------------------------------------------------------------------
@@ -92,7 +87,8 @@ def _shape(raw: Any, field: str) -> list[int]:
 
 
 def v2_input_array(body: dict[str, Any], servable: Servable, binary: memoryview | None) -> np.ndarray:
-    """The request's input tensor as validated float32 rows, or InvalidInput naming the problem."""
+    """The request's input tensor as an array of its datatype and shape, or InvalidInput naming the
+    problem; the model's input contract is checked on the shared path (`Call.infer`)."""
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput('"inputs" must be a non-empty list of tensors', field="inputs")
@@ -135,7 +131,7 @@ def v2_input_array(body: dict[str, Any], servable: Servable, binary: memoryview 
                                field="inputs[0].data")
         if arr.shape != tuple(shape):
             arr = arr.reshape(shape)
-    return servable.contract.check_array(arr, field="inputs[0]")
+    return arr
 
 
 def _binary_input(binary: memoryview | None, size: Any, dtype: type, count: int, datatype: str,
@@ -181,7 +177,7 @@ def v2_response(servable: Servable, body: dict[str, Any], wanted: list[tuple[str
     blobs: list[bytes] = []
     for name, as_binary in wanted:
         arr = arrays[name]
-        tensor: dict[str, Any] = {"name": name, "datatype": _V2_OUT_DTYPES[name], "shape": arr.shape}
+        tensor: dict[str, Any] = {"name": name, "datatype": OUTPUT_DATATYPES[name], "shape": arr.shape}
         if as_binary:
             blob = np.ascontiguousarray(arr).tobytes()
             tensor["parameters"] = {"binary_data_size": len(blob)}
@@ -203,24 +199,6 @@ def v2_response(servable: Servable, body: dict[str, Any], wanted: list[tuple[str
 
 
 # -- metadata -------------------------------------------------------------------------------
-
-
-def v2_metadata(registry: Registry, servable: Servable) -> dict[str, Any]:
-    card = servable.card
-    loaded = sorted(registry.model(servable.name).versions)
-    outputs = [
-        {"name": "label", "datatype": "INT64", "shape": [-1]},
-        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(card.classes)]},
-    ]
-    return {
-        "name": servable.name,
-        "versions": [str(v) for v in loaded],
-        "platform": "onnxruntime_onnx",
-        "inputs": [{"name": card.input.name, "datatype": "FP32", "shape": [-1, card.n_features]}],
-        "outputs": outputs,
-        "parameters": {"version": servable.version_str, "task": card.task, "classes": card.classes,
-                       "feature_names": card.input.feature_names, "passed_gate": servable.passed_gate},
-    }
 
 
 def tf_signature_json(servable: Servable) -> dict[str, Any]:
@@ -313,57 +291,43 @@ def build_rest_app(registry: Registry, *, max_body_bytes: int, is_shutting_down=
     async def v2_infer(scope: dict, receive: Any, send: Any, name: str, version_raw: str | None) -> None:
         """POST /v2/models/{m}[/versions/{v}]/infer as a bare ASGI handler: the hot path skips Starlette's
         router, Request and Response objects (about 10 µs a request); errors still go through
-        `error_response`."""
-        started = time.perf_counter()
-        servable = None
+        `exception_response`."""
         version, label = _version_or_label(version_raw)
         try:
-            registry.resolve(name, version, label)  # 404 before reading a body for an unknown model or version
-            declared = header_len = None
-            for key, value in scope["headers"]:
-                if key == b"content-length":
-                    declared = value
-                elif key == b"inference-header-content-length":
-                    header_len = value
-            raw = await receive_body(receive, declared, max_body_bytes)
-            if raw is None:
-                return  # the client went away
-            binary = None
-            if header_len is not None:
-                if not header_len.isdigit() or int(header_len) > len(raw):
-                    raise InvalidInput(
-                        f"Inference-Header-Content-Length {header_len.decode(errors='replace')!r} does not fit "
-                        f"the {len(raw)}-byte body", field="Inference-Header-Content-Length")
-                view = memoryview(raw)
-                body = parse_json_object(view[: int(header_len)])
-                binary = view[int(header_len):]
-            else:
-                body = parse_json_object(raw)
-            # Resolve again after the await: the version may have been swapped meanwhile.
-            servable = registry.resolve(name, version, label)
-            x = v2_input_array(body, servable, binary)
-            wanted = v2_requested_outputs(body)
-            labels, probabilities = await servable.predict(x)
-            content, headers = v2_response(servable, body, wanted, labels, probabilities)
-        except ServingError as exc:
-            if servable is not None:
-                servable.metrics.error("rest_v2", exc.code)
-            else:
-                metrics.count_error(*_labels_for(registry, name), "rest_v2", exc.code)
-            await error_response(exc)(scope, receive, send)
-            return
-        except Exception as exc:  # same contract as services.core.http: logged, never a trace to the client
-            log.error("unhandled error", exc_info=exc, extra={"path": scope["path"]})
-            if servable is not None:
-                servable.metrics.error("rest_v2", "internal")
-            await json_response({"error": "internal error; see the server log", "code": "internal"}, 500)(
-                scope, receive, send)
+            with Call(registry, "rest_v2", name) as call:
+                call.resolve(version, label)  # 404 before reading a body for an unknown model or version
+                declared = header_len = None
+                for key, value in scope["headers"]:
+                    if key == b"content-length":
+                        declared = value
+                    elif key == b"inference-header-content-length":
+                        header_len = value
+                raw = await receive_body(receive, declared, max_body_bytes)
+                if raw is None:
+                    call.abandon()
+                    return
+                binary = None
+                if header_len is not None:
+                    if not header_len.isdigit() or int(header_len) > len(raw):
+                        raise InvalidInput(
+                            f"Inference-Header-Content-Length {header_len.decode(errors='replace')!r} does not "
+                            f"fit the {len(raw)}-byte body", field="Inference-Header-Content-Length")
+                    view = memoryview(raw)
+                    body = parse_json_object(view[: int(header_len)])
+                    binary = view[int(header_len):]
+                else:
+                    body = parse_json_object(raw)
+                # Resolve again after the await: the version may have been swapped meanwhile.
+                servable = call.resolve(version, label)
+                array = v2_input_array(body, servable, binary)
+                wanted = v2_requested_outputs(body)
+                labels, probabilities = await call.infer(array, "inputs[0]")
+                content, headers = v2_response(servable, body, wanted, labels, probabilities)
+        except Exception as exc:
+            await exception_response(exc, scope["path"])(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": content})
-        m = servable.metrics.protocols["rest_v2"]
-        m.ok.inc()
-        m.seconds.observe(time.perf_counter() - started)
 
     async def v2_server(_: Request) -> Response:
         return json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
@@ -376,12 +340,7 @@ def build_rest_app(registry: Registry, *, max_body_bytes: int, is_shutting_down=
         return json_response({"ready": ready}, 200 if ready else 503)
 
     async def v2_model(request: Request) -> Response:
-        servable = resolve_v2(request)
-        cached = servable.cache.get("v2_metadata")
-        if cached is None or cached[0] is not registry.model(servable.name).versions:
-            cached = servable.cache["v2_metadata"] = (registry.model(servable.name).versions,
-                                                      v2_metadata(registry, servable))
-        return json_response(cached[1])
+        return json_response(cached_v2_metadata(registry, resolve_v2(request)))
 
     async def v2_model_ready(request: Request) -> Response:
         p = request.path_params
@@ -404,8 +363,8 @@ def build_rest_app(registry: Registry, *, max_body_bytes: int, is_shutting_down=
         spec, _, verb = rest.partition(":")
         parts = spec.split("/")
         name, version, label, tail = parts[0], None, None, parts[1:]
-        if len(tail) >= 2 and tail[0] == "versions" and tail[1].isdigit():
-            version, tail = int(tail[1]), tail[2:]
+        if len(tail) >= 2 and tail[0] == "versions" and version_number(tail[1]) is not None:
+            version, tail = version_number(tail[1]), tail[2:]
         elif len(tail) >= 2 and tail[0] == "labels":
             label, tail = tail[1], tail[2:]
         if request.method == "POST":
@@ -424,29 +383,17 @@ def build_rest_app(registry: Registry, *, max_body_bytes: int, is_shutting_down=
         return json_response(tf_status_payload(registry, name, version, label))
 
     async def tf_predict(request: Request, name: str, version: int | None, label: str | None) -> Response:
-        started = time.perf_counter()
-        servable = None
-        try:
-            registry.resolve(name, version, label)
+        with Call(registry, "rest_v1", name) as call:
+            call.resolve(version, label)  # 404 before reading a body
             body = parse_json_object(await read_body(request, max_body_bytes))
             signature = body.get("signature_name", "")
             if signature not in ("", "serving_default"):
                 raise InvalidInput(f"unknown signature_name {signature!r}; the model has 'serving_default'",
                                    field="signature_name")
-            servable = registry.resolve(name, version, label)
+            servable = call.resolve(version, label)
             x, row_format = tf_input_array(body, servable)
-            labels, probabilities = await servable.predict(x)
-            response = json_response(tf_predict_payload(labels, probabilities, row_format))
-        except ServingError as exc:
-            if servable is not None:
-                servable.metrics.error("rest_v1", exc.code)
-            else:
-                metrics.count_error(*_labels_for(registry, name), "rest_v1", exc.code)
-            return error_response(exc)
-        m = servable.metrics.protocols["rest_v1"]
-        m.ok.inc()
-        m.seconds.observe(time.perf_counter() - started)
-        return response
+            labels, probabilities = await call.predict(x)
+            return json_response(tf_predict_payload(labels, probabilities, row_format))
 
     routes = [
         Route("/v2", v2_server),

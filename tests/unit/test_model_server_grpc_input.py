@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.model_server import grpc_server
+from services.model_server import grpc_tfs
 from services.protocols.tfs import predict_pb2, types_pb2
 from services.protocols.tfs.tensors import from_numpy, to_numpy
 
@@ -20,7 +20,7 @@ from services.protocols.tfs.tensors import from_numpy, to_numpy
 ])
 def test_input_fast_path_reads_what_to_numpy_reads(array):
     proto = from_numpy(array)
-    got = grpc_server._input_array(proto)
+    got = grpc_tfs._input_array(proto)
     want = to_numpy(proto)
     assert got.dtype == want.dtype and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
@@ -30,7 +30,7 @@ def test_input_fast_path_refuses_a_short_tensor_content_with_to_numpy_message():
     proto = from_numpy(np.zeros((2, 3), np.float32))
     proto.tensor_content = proto.tensor_content[:-4]
     with pytest.raises(ValueError, match="needs 24 bytes of tensor_content"):
-        grpc_server._input_array(proto)
+        grpc_tfs._input_array(proto)
 
 
 def test_typed_float_values_still_work():
@@ -39,4 +39,4 @@ def test_typed_float_values_still_work():
     proto.tensor_shape.dim.add().size = 2
     proto.tensor_shape.dim.add().size = 2
     proto.float_val.extend([1.0, 2.0, 3.0, 4.0])
-    np.testing.assert_array_equal(grpc_server._input_array(proto), [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(grpc_tfs._input_array(proto), [[1, 2], [3, 4]])

@@ -1,4 +1,5 @@
-"""The REST app in-process (ASGI): readiness while draining, and no trace ever reaches a client."""
+"""The REST app in-process (ASGI): readiness while draining, no trace ever reaches a client, and a
+version that is not ASCII digits is never a 500."""
 
 from __future__ import annotations
 
@@ -41,6 +42,17 @@ def test_readiness_follows_loading_and_shutdown_and_unexpected_errors_are_generi
                 assert r.status_code == 500 and r.json() == {"error": "internal error; see the server log",
                                                               "code": "internal"}
                 assert "secret" not in r.text
+                r = await client.post("/v1/models/wine:predict", json={"instances": [[1.0] * 13]})
+                assert r.status_code == 500 and "secret" not in r.text and r.json()["code"] == "internal"
+
+                # str.isdigit() takes '²' (and int() then fails): a version is ASCII digits, else a label.
+                for path in ("/v2/models/wine/versions/²/ready", "/v2/models/wine/versions/²",
+                             "/v2/models/wine/versions/" + "9" * 5000):
+                    assert (await client.get(path)).status_code == 404, path
+                for path in ("/v2/models/wine/versions/²/infer", "/v1/models/wine/versions/²:predict"):
+                    r = await client.post(path, json=body)
+                    assert r.status_code == 404 and r.json()["code"] == "not_found", (path, r.text)
+                assert (await client.get("/v1/models/wine/versions/²")).status_code == 404
 
                 draining["on"] = True
                 assert (await client.get("/v2/health/ready")).status_code == 503
