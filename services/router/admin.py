@@ -102,7 +102,7 @@ def shadow_summary(dispatcher: Dispatcher) -> dict[str, Any]:
     table = dispatcher.table
     assert table is not None
     return {"policy": table.kind, "config_version": table.version,
-            "shadows": [v.name for v in table.shadows], **dispatcher.mirrors.summary()}
+            "shadow_variants": [v.name for v in table.shadows], **dispatcher.mirrors.summary()}
 
 
 def routes(dispatcher: Dispatcher, control: Control, settings: RouterSettings) -> list[Route]:

@@ -7,6 +7,7 @@ Traffic is bounded in count; waits are bounded polls, never timing assertions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,8 +25,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.stack import promtool
-from services.stack.process import ServiceProcess
 from services.stack.demo_routed import v2_body
+from services.stack.process import ServiceProcess
 from services.stack.routed import model_server, router_process
 
 pytestmark = pytest.mark.integration
@@ -409,16 +410,46 @@ def test_restart_keeps_bandit_state(servers, rows, start_router) -> None:
         assert unknown.status_code == 404
 
 
-# -- gRPC pass-through --------------------------------------------------------------------------------
+# -- gRPC ------------------------------------------------------------------------------------------------
+
+
+def predict_request(rows: list[list[float]], name: str = "breast-cancer") -> Any:
+    import numpy as np
+
+    from services.protocols.tfs import model_pb2, predict_pb2
+    from services.protocols.tfs.tensors import from_numpy
+
+    req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=name))
+    req.inputs["input"].CopyFrom(from_numpy(np.asarray(rows, dtype=np.float32)))
+    return req
+
+
+@contextlib.contextmanager
+def grpc_predict(port: int) -> Iterator[Any]:
+    """A TF Serving Predict callable on the router's gRPC port."""
+    import grpc
+
+    from services.protocols.tfs import predict_pb2
+    from services.router.grpc_predict import PREDICT
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield channel.unary_unary(PREDICT, request_serializer=predict_pb2.PredictRequest.SerializeToString,
+                                  response_deserializer=predict_pb2.PredictResponse.FromString)
+    finally:
+        channel.close()
+
+
+def with_grpc(urls: dict[str, str], cfg: dict) -> dict:
+    for name in cfg["variants"]:
+        cfg["variants"][name]["grpc"] = urls[f"{name}-grpc"]
+    return cfg
 
 
 def test_grpc_predict_is_routed_and_fails_over(servers, rows, start_router) -> None:
     import grpc
-    import numpy as np
 
-    from services.protocols.tfs import model_pb2, predict_pb2
-    from services.protocols.tfs.tensors import from_numpy, to_numpy
-    from services.router.grpc_predict import PREDICT
+    from services.protocols.tfs.tensors import to_numpy
     from services.stack.process import free_port
 
     cfg = routing(servers, params={"weights": {"stable": 50, "candidate": 50}})
@@ -426,20 +457,12 @@ def test_grpc_predict_is_routed_and_fails_over(servers, rows, start_router) -> N
     cfg["variants"]["candidate"]["grpc"] = f"127.0.0.1:{free_port()}"  # nothing listens: fails over
     port = free_port()
     router = start_router(cfg, ROUTER_GRPC_PORT=str(port))
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    predict = channel.unary_unary(PREDICT, request_serializer=predict_pb2.PredictRequest.SerializeToString,
-                                  response_deserializer=predict_pb2.PredictResponse.FromString)
-
-    def request(row: list[float], name: str = "breast-cancer") -> predict_pb2.PredictRequest:
-        req = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=name))
-        req.inputs["input"].CopyFrom(from_numpy(np.asarray([row], dtype=np.float32)))
-        return req
-
-    try:
+    with grpc_predict(port) as predict:
         served = Counter()
         with router.client() as client:
             for i, (row, _) in enumerate(rows[:40]):
-                resp, call = predict.with_call(request(row), metadata=(("x-user-id", f"u{i}"),), timeout=10)
+                resp, call = predict.with_call(predict_request([row]), metadata=(("x-user-id", f"u{i}"),),
+                                               timeout=10)
                 trailing = dict(call.trailing_metadata())
                 served[trailing["x-variant"]] += 1
                 assert trailing["x-model-version"] == "breast-cancer:1" and trailing["x-request-id"]
@@ -449,11 +472,126 @@ def test_grpc_predict_is_routed_and_fails_over(servers, rows, start_router) -> N
         assert served == Counter({"stable": 40})  # the candidate's share failed over, then it was ejected
         assert 'router_failover_total{from_variant="candidate"' in metrics
         with pytest.raises(grpc.RpcError) as err:
-            predict(request(rows[0][0], name="wine"), timeout=10)
+            predict(predict_request([rows[0][0]], name="wine"), timeout=10)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND and "not routed here" in err.value.details()
+        assert dict(err.value.trailing_metadata())["x-request-id"]
         with pytest.raises(grpc.RpcError) as err:  # the model server's verdict on bad input passes through
-            predict(request([1.0] * 29), metadata=(("x-variant", "stable"),), timeout=10)
+            predict(predict_request([[1.0] * 29]), metadata=(("x-variant", "stable"),), timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert dict(err.value.trailing_metadata())["x-variant"] == "stable"
-    finally:
-        channel.close()
+
+
+def test_grpc_answers_carry_request_id_and_variant_as_initial_metadata(servers, rows, start_router) -> None:
+    from services.stack.process import free_port
+
+    port = free_port()
+    router = start_router(with_grpc(servers, routing(servers)), ROUTER_GRPC_PORT=str(port))
+    with grpc_predict(port) as predict, router.client() as client:
+        seen = set()
+        for i, (row, _) in enumerate(rows[:20]):
+            _, call = predict.with_call(predict_request([row]), timeout=10,
+                                        metadata=(("x-request-id", f"grpc-{i}"), ("x-user-id", f"u{i}")))
+            initial = dict(call.initial_metadata())
+            assert initial["x-request-id"] == f"grpc-{i}"  # the client's id, echoed
+            assert initial["x-variant"] in ("stable", "candidate")
+            assert initial["x-model-version"] == {"stable": "breast-cancer:1",
+                                                  "candidate": "breast-cancer:2"}[initial["x-variant"]]
+            assert dict(call.trailing_metadata())["x-variant"] == initial["x-variant"]
+            seen.add(initial["x-variant"])
+            rest = client.post("/v2/models/breast-cancer/infer", json=v2_body(row), headers={"x-user-id": f"u{i}"})
+            assert rest.headers["x-variant"] == initial["x-variant"]  # the same policy decides both fronts
+        assert seen == {"stable", "candidate"}
+        _, call = predict.with_call(predict_request([rows[0][0]]), timeout=10)
+        assert dict(call.initial_metadata())["x-request-id"]  # generated when the client sends none
+
+
+def test_grpc_client_errors_pass_through_and_never_eject(servers, rows, start_router) -> None:
+    import grpc
+
+    from services.protocols.tfs.tensors import to_numpy
+    from services.stack.process import free_port
+
+    cfg = with_grpc(servers, routing(servers, outlier_detection={"consecutive_failures": 2, "base_ejection_s": 60,
+                                                                 "max_ejection_s": 60}))
+    port = free_port()
+    router = start_router(cfg, ROUTER_GRPC_PORT=str(port))
+    too_many = [rows[i % len(rows)][0] for i in range(257)]  # one row over the model server's batch limit
+    cases = [([[1.0] * 29], grpc.StatusCode.INVALID_ARGUMENT, "30"),
+             (too_many, grpc.StatusCode.RESOURCE_EXHAUSTED, "256")]
+    with grpc_predict(port) as predict, router.client() as client:
+        for batch, code, text in cases:
+            for _ in range(5):  # more than consecutive_failures
+                with pytest.raises(grpc.RpcError) as err:
+                    predict(predict_request(batch), metadata=(("x-variant", "candidate"),), timeout=10)
+                assert err.value.code() == code, err.value.details()
+                assert text in err.value.details()  # the model server names the problem
+                assert dict(err.value.initial_metadata())["x-variant"] == "candidate"
+        rest = client.post("/v2/models/breast-cancer/infer", json={"inputs": [
+            {"name": "input", "shape": [257, 30], "datatype": "FP32", "data": [x for row in too_many for x in row]}]},
+            headers={"x-variant": "candidate"})
+        assert rest.status_code == 413 and rest.headers["x-variant"] == "candidate"
+        status = client.get("/policy").json()["variants"]["candidate"]
+        metrics = client.get("/metrics").text
+        resp = predict(predict_request([rows[0][0]]), metadata=(("x-variant", "candidate"),), timeout=10)
+    assert status["ejected"] is False and status["consecutive_failures"] == 0
+    assert 'router_upstream_errors_total{kind=' not in metrics and "router_failover_total{" not in metrics
+    assert 'router_requests_total{policy="canary",status="400",variant="candidate"} 5.0' in metrics
+    assert 'router_requests_total{policy="canary",status="413",variant="candidate"} 6.0' in metrics
+    assert to_numpy(resp.outputs["label"]).shape == (1,)  # and the candidate still answers
+
+
+def test_grpc_predict_through_the_shadow_pattern_is_compared(servers, rows, start_router) -> None:
+    from services.protocols.tfs.tensors import to_numpy
+    from services.stack.process import free_port
+
+    cfg = with_grpc(servers, routing(servers, kind="shadow", params={"primary": "stable", "shadows": ["candidate"]}))
+    port = free_port()
+    router = start_router(cfg, ROUTER_GRPC_PORT=str(port))
+    n = 60
+    with grpc_predict(port) as predict, router.client() as client:
+        for i, (row, _) in enumerate(rows[:n]):
+            resp, call = predict.with_call(predict_request([row]), timeout=10, metadata=(("x-request-id", f"s{i}"),))
+            assert dict(call.initial_metadata())["x-variant"] == "stable"
+            direct = client.post("/v2/models/breast-cancer/infer", json=v2_body(row), headers={"x-variant": "stable"})
+            assert int(to_numpy(resp.outputs["label"])[0]) == direct.json()["outputs"][0]["data"][0]
+        # the REST requests above were mirrored too: n over gRPC, n over REST
+        poll(lambda: client.get("/shadow/summary").json()["shadows"].get("candidate", {}).get("compared_requests")
+             == 2 * n, "every mirror to be compared")
+        summary = client.get("/shadow/summary").json()
+        metrics = client.get("/metrics").text
+    s = summary["shadows"]["candidate"]
+    assert summary["policy"] == "shadow" and summary["shadow_variants"] == ["candidate"]
+    assert s["mirrored"] == 2 * n and s["error_count"] == 0 and s["incomparable"] == 0
+    assert s["compared_rows"] == 2 * n
+    assert s["label_agreement_rate"] > 0.85  # v1 and v2 mostly agree on the holdout set
+    assert 0 < s["mean_abs_prob_diff"] < 0.5
+    assert s["latency"]["samples"] == 2 * n
+    assert 'router_shadow_mirrored_total{variant="candidate"} 120.0' in metrics
+
+
+def test_grpc_shadow_alone_is_compared_like_rest(servers, rows, start_router) -> None:
+    """The same rows through gRPC only and through REST only give the same comparison."""
+    from services.stack.process import free_port
+
+    def run(use_grpc: bool) -> dict:
+        cfg = with_grpc(servers, routing(servers, kind="shadow", params={"primary": "stable"}))
+        port = free_port()
+        router = start_router(cfg, name=f"router-{'grpc' if use_grpc else 'rest'}", ROUTER_GRPC_PORT=str(port),
+                              ROUTER_STATE_FILE="")
+        try:
+            with grpc_predict(port) as predict, router.client() as client:
+                for row, _ in rows[:40]:
+                    if use_grpc:
+                        predict(predict_request([row]), timeout=10)
+                    else:
+                        assert client.post("/v2/models/breast-cancer/infer", json=v2_body(row)).status_code == 200
+                poll(lambda: client.get("/shadow/summary").json()["shadows"].get("candidate", {})
+                     .get("compared_requests") == 40, "every mirror to be compared")
+                return client.get("/shadow/summary").json()["shadows"]["candidate"]
+        finally:
+            router.proc.stop()
+
+    over_grpc, over_rest = run(True), run(False)
+    assert over_grpc["compared_rows"] == over_rest["compared_rows"] == 40
+    assert over_grpc["label_agreement_rate"] == over_rest["label_agreement_rate"]
+    assert over_grpc["mean_abs_prob_diff"] == pytest.approx(over_rest["mean_abs_prob_diff"], abs=1e-6)

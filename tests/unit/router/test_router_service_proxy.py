@@ -539,7 +539,8 @@ async def test_canary_weight_change_keeps_keys_that_need_not_move(stubs, harness
     users = [f"user-{i}" for i in range(200)]
     before = {u: (await harness.infer({"x-user-id": u})).headers["x-variant"] for u in users}
     from services.router.config import parse_config
-    harness.router.control.apply(parse_config(config(a, b, params={"weights": {"stable": 80, "candidate": 20}})), "", "file")
+    new = parse_config(config(a, b, params={"weights": {"stable": 80, "candidate": 20}}))
+    harness.router.control.apply(new, "", "file")
     after = {u: (await harness.infer({"x-user-id": u})).headers["x-variant"] for u in users}
     moved = [u for u in users if before[u] != after[u]]
     assert moved and all(before[u] == "stable" and after[u] == "candidate" for u in moved)
