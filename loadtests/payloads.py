@@ -7,6 +7,9 @@ The same rows go to every target, encoded for its protocol:
 - the app's ``/predict``: ``{"instances": [[...], ...]}``
 - TensorFlow Serving ``PredictRequest`` (gRPC): ``inputs["input"]`` as a float32 ``TensorProto``
   in ``tensor_content``, serialized once (``tfs_predict_request``).
+- Open Inference Protocol ``ModelInferRequest`` (gRPC; the model server and MLServer): one FP32
+  input with its bytes in ``raw_input_contents``, as ``tritonclient.grpc`` sends it
+  (``oip_infer_request``).
 
 Rows cycle through the holdout set, so an n-row request is the first n holdout rows repeated as
 needed. Values are the holdout's float32 values written as the CSV has them.
@@ -88,6 +91,20 @@ def tfs_predict_request(model: ModelRef, n: int, repository: Path = DEFAULT_REPO
     return request
 
 
+OIP_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def oip_infer_request(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSITORY):
+    """An Open Inference Protocol ModelInferRequest (our wire-compatible protos)."""
+    from services.protocols.oip import open_inference_pb2
+
+    x = np.asarray(rows_for(model, n, repository), dtype="<f4")
+    request = open_inference_pb2.ModelInferRequest(model_name=model.name, model_version=str(model.version),
+                                                   raw_input_contents=[x.tobytes()])
+    request.inputs.add(name="input", datatype="FP32", shape=x.shape)
+    return request
+
+
 def check_v2_response(body: bytes, rows: int) -> None:
     """Raise ValueError unless a KServe V2 response carries `rows` labels."""
     data = json.loads(body)
@@ -110,3 +127,14 @@ def check_tfs_response(raw: bytes, rows: int) -> None:
     response = predict_pb2.PredictResponse.FromString(raw)
     if "label" not in response.outputs or to_numpy(response.outputs["label"]).shape[0] != rows:
         raise ValueError(f"PredictResponse without {rows} labels: outputs {sorted(response.outputs)}")
+
+
+def check_oip_response(raw: bytes, rows: int) -> None:
+    """Raise ValueError unless a ModelInferResponse carries `rows` labels (raw or typed contents:
+    the model server answers raw, MLServer typed)."""
+    from services.protocols.oip import open_inference_pb2
+    from services.protocols.oip.tensors import output_arrays
+
+    outputs = output_arrays(open_inference_pb2.ModelInferResponse.FromString(raw))
+    if "label" not in outputs or outputs["label"].shape[0] != rows:
+        raise ValueError(f"ModelInferResponse without {rows} labels: outputs {sorted(outputs)}")

@@ -5,8 +5,9 @@
     python -m loadtests.bench_serving --targets model-server-rest-off,fastapi --rows 1 --concurrency 32
 
 Targets: in-process ONNX Runtime (the ceiling), the embedded app over HTTP, the model server over
-REST and gRPC with dynamic batching off and on, MLServer 1.7.1 (own venv, custom ONNX runtime)
-with adaptive batching off and on, a bare FastAPI endpoint and a bare grpc.aio servicer.
+REST, TF Serving gRPC and Open Inference Protocol gRPC with dynamic batching off and on, MLServer
+1.7.1 (own venv, custom ONNX runtime) over REST and OIP gRPC with adaptive batching off and on, a
+bare FastAPI endpoint and a bare grpc.aio servicer.
 Matrix: light model (wine v1, logistic regression) and heavy model (wine v2, 200-tree forest) x
 1-row and 64-row requests x 1, 8 and 32 requests in flight.
 
@@ -35,13 +36,16 @@ from loadtests.bench_serving import client as lean
 from loadtests.bench_serving import report, targets
 from loadtests.payloads import (
     DEFAULT_REPOSITORY,
+    OIP_INFER_METHOD,
     REPO_ROOT,
     TFS_PREDICT_METHOD,
     ModelRef,
     app_predict_body,
     check_app_response,
+    check_oip_response,
     check_tfs_response,
     check_v2_response,
+    oip_infer_request,
     rows_for,
     tfs_predict_request,
     v2_infer_body,
@@ -51,9 +55,11 @@ from loadtests.payloads import (
 LIGHT = ModelRef("wine", 1)
 HEAVY = ModelRef("wine", 2)
 ALL_TARGETS = [
-    "ort-in-process", "embedded", "model-server-rest-off", "model-server-grpc-off", "model-server-rest-on",
-    "model-server-grpc-on", "fastapi", "grpc-aio", "mlserver-off", "mlserver-on",
+    "ort-in-process", "embedded", "model-server-rest-off", "model-server-grpc-off", "model-server-oip-off",
+    "model-server-rest-on", "model-server-grpc-on", "model-server-oip-on", "fastapi", "grpc-aio", "mlserver-off",
+    "mlserver-on", "mlserver-grpc-off", "mlserver-grpc-on",
 ]
+MLSERVER_TARGETS = {"mlserver-off", "mlserver-on", "mlserver-grpc-off", "mlserver-grpc-on"}
 
 
 @dataclass
@@ -150,13 +156,17 @@ def run_ceiling(models: list[ModelRef], rows_list: list[int], warmup_s: float, d
 
 def request_for(target: targets.Target, model: ModelRef, rows: int):
     """(run, check): run(concurrency, warmup_s, duration_s, meter) -> Measurement, and the answer's check."""
-    if target.protocol == "tfs":
-        raw = tfs_predict_request(model, rows).SerializeToString()
+    if target.protocol in ("tfs", "oip"):
+        if target.protocol == "tfs":
+            method, raw, check = TFS_PREDICT_METHOD, tfs_predict_request(model, rows), check_tfs_response
+        else:
+            method, raw, check = OIP_INFER_METHOD, oip_infer_request(model, rows), check_oip_response
+        request = raw.SerializeToString()
 
-        def run_tfs(c, w, d, meter):
-            return lean.run_grpc(target.url, TFS_PREDICT_METHOD, raw, c, w, d, meter)
+        def run_grpc(c, w, d, meter):
+            return lean.run_grpc(target.url, method, request, c, w, d, meter)
 
-        return run_tfs, check_tfs_response
+        return run_grpc, check
     host, port = target.url.removeprefix("http://").split(":")
     if target.protocol == "app":
         path, body, check = "/predict", app_predict_body(model, rows), check_app_response
@@ -399,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                     best[key] = cell
         cells += best.values()
 
-    mlserver_wanted = bool(only & {"mlserver-off", "mlserver-on"})
+    mlserver_wanted = bool(only & MLSERVER_TARGETS)
     if mlserver_wanted:
         try:
             targets.ensure_mlserver_venv(log)

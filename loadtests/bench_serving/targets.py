@@ -2,9 +2,10 @@
 
 A *server* is one process started for a while (the embedded app serves one model, so it runs once
 per model; the model server, MLServer and the baselines serve both models at once). A *target* is
-one way of calling a server (protocol + endpoint); the model server carries two targets, REST and
-gRPC, per process. Each server is started pinned to the server core (`taskset`), checked with one
-real request per model, measured, and stopped (SIGTERM to its process group, as `make down`).
+one way of calling a server (protocol + endpoint): the model server carries three per process
+(REST, TF Serving gRPC, Open Inference Protocol gRPC), MLServer two (REST, OIP gRPC). Each server
+is started pinned to the server core (`taskset`), checked with one real request per model,
+measured, and stopped (SIGTERM to its process group, as `make down`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class Target:
     key: str
     label: str
     protocol: str
-    """`v2` (KServe V2 REST), `app` (the app's /predict), `tfs` (TF Serving gRPC Predict)."""
+    """`v2` (KServe V2 REST), `app` (the app's /predict), `tfs` (TF Serving gRPC Predict), `oip` (Open
+    Inference Protocol gRPC ModelInfer)."""
     group: str
     """Family in the report: ours, peer, baseline."""
     url: str = ""
@@ -87,6 +89,8 @@ def model_server(models: list[ModelRef], batching: bool, cpu: int | None) -> Ser
     targets = [
         Target(f"model-server-rest-{mode}", f"model server REST ({label})", "v2", "ours", f"http://127.0.0.1:{port}"),
         Target(f"model-server-grpc-{mode}", f"model server gRPC ({label})", "tfs", "ours", f"127.0.0.1:{grpc_port}"),
+        Target(f"model-server-oip-{mode}", f"model server OIP gRPC ({label})", "oip", "ours",
+               f"127.0.0.1:{grpc_port}"),
     ]
     return Server(proc.name, proc, models, targets)
 
@@ -149,8 +153,10 @@ def mlserver(models: list[ModelRef], batching: bool, cpu: int | None, work_dir: 
         ready=http_ready(f"http://127.0.0.1:{port}/v2/models/{last.name}/versions/{last.version}/ready"),
     )
     label = f"adaptive batching {mode}"
-    target = Target(f"mlserver-{mode}", f"MLServer ({label})", "v2", "peer", f"http://127.0.0.1:{port}")
-    return Server(proc.name, proc, models, [target])
+    return Server(proc.name, proc, models, [
+        Target(f"mlserver-{mode}", f"MLServer ({label})", "v2", "peer", f"http://127.0.0.1:{port}"),
+        Target(f"mlserver-grpc-{mode}", f"MLServer OIP gRPC ({label})", "oip", "peer", f"127.0.0.1:{grpc_port}"),
+    ])
 
 
 # -- MLServer's venv ----------------------------------------------------------------------------

@@ -188,7 +188,7 @@ def test_errors_name_the_problem(client, channel, holdout):
     for request, words in [
         (short, "needs 60 value(s) in contents.fp32_contents, got 59"),
         (wrong_field, "values found in fp32_contents instead"),
-        (raw_and_typed, "has both contents and raw_input_contents[0]"),
+        (raw_and_typed, "has values in both contents and raw_input_contents[0]"),
         (raw_count, "raw_input_contents has 2 entries for 1 input(s)"),
     ]:
         with pytest.raises(grpc.RpcError) as err:

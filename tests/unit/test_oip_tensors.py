@@ -68,6 +68,9 @@ def test_errors_name_the_field():
     both = request(x, "FP32", raw=False)
     both.raw_input_contents.append(x.tobytes())
     assert "both contents and raw_input_contents[0]" in str(bad(both))
+    empty = request(x, "FP32", raw=True)
+    empty.inputs[0].contents.SetInParent()  # present but empty beside raw bytes: fine (MLServer sends that)
+    np.testing.assert_array_equal(input_arrays(empty)[0], x)
     extra = request(x, "FP32", raw=True)
     extra.raw_input_contents.append(b"")
     assert bad(extra).field == "raw_input_contents"

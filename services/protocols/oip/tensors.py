@@ -75,8 +75,9 @@ def to_numpy(tensor: InferInputTensor, raw: bytes | None, field: str = "inputs[0
     count = math.prod(shape)
     dtype = datatype.numpy_dtype
     if raw is not None:
-        if tensor.HasField("contents"):
-            raise TensorError(f"{field} has both contents and {raw_field}; send one",
+        # An empty `contents` beside raw bytes is harmless (MLServer's responses carry one); values in both are not.
+        if tensor.HasField("contents") and any(len(getattr(tensor.contents, f)) for f in _CONTENTS_FIELDS):
+            raise TensorError(f"{field} has values in both contents and {raw_field}; send one",
                               f"{field}.contents")
         if len(raw) != count * dtype.itemsize:
             raise TensorError(f"{field}: {tensor.datatype} shape {list(shape)} needs {count * dtype.itemsize} "
