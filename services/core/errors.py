@@ -15,8 +15,9 @@
 Services may add leaves for their own needs (the router's admin API and proxy:
 `services/router/errors.py`: Forbidden 403, Conflict 409, PreconditionFailed 412, BadGateway 502).
 
-Services raise these and translate them to the wire in exactly one place each
-(`services.core.http.error_response` for HTTP; the gRPC servicers' abort helper).
+Services raise these and translate them to the wire in exactly one place each:
+`services.core.http.exception_response` for HTTP (Starlette apps through `EXCEPTION_HANDLERS`),
+`services.core.grpc_status` for gRPC (servicers registered with `add_servicer`, or `guard`).
 Wrap lower-level exceptions with `raise ... from exc` so the cause stays in the logs.
 """
 
