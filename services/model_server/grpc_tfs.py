@@ -31,6 +31,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from services.core.errors import InvalidInput, NotFound
 from services.model_server.dispatch import Call
+from services.model_server.metadata import OUTPUTS
 from services.model_server.repository import Registry, Servable
 from services.protocols.tfs import (
     get_model_metadata_pb2,
@@ -48,7 +49,7 @@ from services.protocols.tfs.tensors import from_numpy, to_numpy
 
 SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
-_OUTPUTS = frozenset({"label", "probabilities"})
+_OUTPUTS = frozenset(OUTPUTS)
 PREDICTION_SERVICE: ServiceDescriptor = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
 MODEL_SERVICE: ServiceDescriptor = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]
 _STATES = get_model_status_pb2.ModelVersionStatus.State

@@ -23,7 +23,8 @@ class ModelServerSettings(ServiceSettings):
     port: int = 8501
     """REST port (KServe V2 and TF Serving REST). 8501 is TF Serving's REST port."""
     grpc_port: int = 8500
-    """gRPC port (TF Serving PredictionService/ModelService, health, reflection). 8500 as in TF Serving."""
+    """gRPC port (TF Serving PredictionService/ModelService, Open Inference Protocol GRPCInferenceService, health,
+    reflection). 8500 as in TF Serving."""
     model_repository: Path = DEFAULT_MODEL_REPOSITORY
     """Model repository laid out <repo>/<model-name>/<version>/; every model in it is served."""
     poll_interval_s: NonNegativeFloat = 2.0
