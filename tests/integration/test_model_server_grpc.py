@@ -7,6 +7,8 @@ environment, because TensorFlow's protos and ours cannot share one process.
 
 from __future__ import annotations
 
+import socket
+
 import grpc
 import numpy as np
 import pytest
@@ -24,7 +26,13 @@ from services.protocols.tfs import (
     types_pb2,
 )
 from services.protocols.tfs.tensors import from_numpy, to_numpy
-from tests.integration.model_server_helpers import Reference, assert_same_predictions, copy_repository, running_server
+from tests.integration.model_server_helpers import (
+    Reference,
+    assert_same_predictions,
+    copy_repository,
+    running_server,
+    server_process,
+)
 
 MODEL = "breast-cancer"
 
@@ -186,3 +194,20 @@ def test_oversized_message_is_resource_exhausted(predict):
     huge = request(np.ones((40000, 30)))  # ~4.8 MB > the 4 MiB message limit
     err = rpc_error(lambda: predict.Predict(huge))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_grpc_port_taken_stops_the_process_with_status_1(tmp_path):
+    """services.core.http.serve: a server that cannot start stops the rest (models unloaded) and exits 1."""
+    repo = copy_repository(tmp_path / "repo", {"wine": [1]})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = server_process(repo, grpc_port=str(taken.getsockname()[1]))
+        server.proc.start(tmp_path / "logs")
+        try:
+            status = server.proc.popen.wait(60)
+        finally:
+            server.proc.stop()
+    log = server.proc.log_path.read_text()
+    assert status == 1, server.proc.log_tail()
+    assert "start-up failed" in log and "model server stopped" in log
