@@ -10,7 +10,7 @@ services as real processes, the load generators in this process. Writes `reports
 1. **Swap latency under load.** The streaming app serves breast-cancer; client threads send
    one-row requests in a closed loop; versions 1 and 2 are published alternately. Per publish:
    *visible* = from just before the publisher's send to the first response computed by the new
-   version (the client's view), and the app's own `kafka_model_publish_to_swap_seconds` (record
+   version (the client's view), and the app's own `model_publish_to_swap_seconds` (record
    timestamp to swap). Failed requests are counted over the whole run.
 2. **In-process ceiling.** ONNX Runtime, one row per `run()` call, in a loop.
 3. **Stream scoring throughput.** N one-row requests are produced first (a backlog), then 1 or 2
@@ -148,9 +148,9 @@ def bench_swap(boot: str, swaps: int, clients: int) -> dict:
         for p in reversed(procs):
             p.stop()
     swap_sum = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("kafka_model_publish_to_swap_seconds_sum"))
+                   if line.startswith("model_publish_to_swap_seconds_sum"))
     swap_count = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                     if line.startswith("kafka_model_publish_to_swap_seconds_count"))
+                     if line.startswith("model_publish_to_swap_seconds_count"))
     return {"swaps": swaps, "observed": len(visible), "clients": clients, "requests": state["ok"],
             "failed": state["failed"], "visible_p50": pct(visible, 50), "visible_p99": pct(visible, 99),
             "visible_max": max(visible) if visible else float("nan"),
@@ -341,7 +341,7 @@ def write_report(out: Path, r: dict, quick: bool) -> None:
         "",
         "*visible*: from just before the publisher's send to the first response computed by the new version, "
         "as a client saw it (includes the publish round trip, the subscriber's poll, verify, load, warm-up, "
-        "swap). *app publish-to-swap*: the app's `kafka_model_publish_to_swap_seconds` (record timestamp to "
+        "swap). *app publish-to-swap*: the app's `model_publish_to_swap_seconds` (record timestamp to "
         "swap).",
         "",
         "## 2. Stream scoring vs in-process and real-time serving",

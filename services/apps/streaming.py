@@ -3,15 +3,18 @@
     python -m services.apps.streaming          (settings from STREAMING_* environment variables)
 
 Same HTTP API as the embedded app (services/apps/api.py). The model is not packaged with the
-app: a background subscriber follows the compacted `models` topic, verifies each message
-(signature, checksum, contract), loads it off the event loop and swaps it in atomically while
-the previous version keeps serving (services/apps/hotswap.py). At start-up the app reads the
-topic to its end and serves the latest accepted version; /readyz answers 503 until then.
+app: a background subscriber follows the compacted `models` topic; each message is verified
+(signature, checksums), then runs the model lifecycle (contract, load, the integration check of
+its holdout set through the app's input path against `STREAMING_SKEW_TOLERANCE`, warm up) and
+is swapped in atomically while the previous version keeps serving (services/kafka/follower.py,
+services/apps/hotswap.py). At start-up the app reads the topic to its end and serves the latest
+accepted version; /readyz answers 503 until then.
 
 Every response names the version that computed it (`model_version`, `x-model-version`);
-/metrics shows `kafka_model_served_version` and the swap/rejection counters. Decisions are
-written to `model-events`; with `STREAMING_PREDICTION_LOG=true` every answer also goes to the
-`predictions` topic. See patterns/model-as-data/README.md.
+/metrics shows `model_served_version` and the swap/rejection counters (`model_swaps_total`,
+`model_rejections_total{reason}`). Decisions are written to `model-events`; with
+`STREAMING_PREDICTION_LOG=true` every answer also goes to the `predictions` topic. See
+patterns/model-as-data/README.md.
 """
 
 from __future__ import annotations
@@ -20,20 +23,22 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pydantic import NonNegativeFloat
+
 from services.apps.api import build_app
-from services.apps.hotswap import HotSwapBackend
+from services.apps.hotswap import HotSwapBackend, version_builder
 from services.apps.prediction_log import PredictionLog
-from services.core.card import ModelCard
 from services.core.errors import ServingError
 from services.core.http import serve
+from services.core.lifecycle import DEFAULT_SKEW_TOLERANCE, Lifecycle
 from services.core.logging import configure_logging
-from services.core.repository import version_dir
-from services.core.runtime import CARD_FILE, RuntimeOptions
+from services.core.runtime import RuntimeOptions
 from services.core.settings import ModelSettings, settings_config
 from services.kafka import messages
 from services.kafka.emitter import BackgroundEmitter
 from services.kafka.events import ModelEvents
-from services.kafka.subscriber import ModelSubscriber
+from services.kafka.follower import ModelFollower, reference_card
+from services.kafka.subscriber import ModelHandler, ModelSubscriber
 from services.kafka.topics import MODEL_EVENTS, MODELS, PREDICTIONS, SCORING_PARTITIONS, plain_topic
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,9 @@ class StreamingSettings(ModelSettings):
     """model-card.json defining the input contract this app sends (feature names and order, dtype, classes).
     Empty: the newest gate-passing card of model_name in model_repository; if there is none, only compatibility
     with the version being served is checked."""
+    skew_tolerance: NonNegativeFloat = DEFAULT_SKEW_TOLERANCE
+    """Integration check before a swap: most absolute difference between the holdout accuracy the app measures
+    through its own input path and the accuracy the card claims; beyond it the version is refused as skew."""
     backoff_max_s: float = 5.0
     """Longest wait between reconnect attempts while the broker is unreachable."""
     prediction_log: bool = False
@@ -79,19 +87,6 @@ class StreamingSettings(ModelSettings):
     """model-events records buffered while the broker is slow or absent."""
 
 
-def reference_card(settings: StreamingSettings) -> ModelCard | None:
-    if settings.contract_card is not None:
-        return ModelCard.from_file(settings.contract_card)
-    try:
-        return ModelCard.from_file(version_dir(settings.model_repository, settings.model_name) / CARD_FILE)
-    except ServingError:
-        log.warning(
-            "no contract card in the model repository; checking new versions against the served one only",
-            extra={"model_name": settings.model_name, "model_repository": str(settings.model_repository)},
-        )
-        return None
-
-
 def create_app(settings: StreamingSettings) -> Any:
     key = messages.load_signing_key(settings.signing_key_file)
     emitter = BackgroundEmitter(settings.bootstrap_servers, name="model-events", buffer_size=settings.events_buffer,
@@ -100,18 +95,21 @@ def create_app(settings: StreamingSettings) -> Any:
     emitter.start()
     events = ModelEvents(emitter, settings.model_events_topic, app=APP_NAME)
 
-    def subscriber(handler: HotSwapBackend) -> ModelSubscriber:
+    def subscriber(handler: ModelHandler) -> ModelSubscriber:
         return ModelSubscriber(settings.bootstrap_servers, settings.models_topic, settings.model_name, handler,
                                backoff_max_s=settings.backoff_max_s, client_id=f"{APP_NAME}-{events.instance}")
 
-    backend = HotSwapBackend(
+    follower = ModelFollower(
         model_name=settings.model_name,
         key=key,
         events=events,
+        lifecycle=Lifecycle(RuntimeOptions(settings.intra_op_threads, settings.inter_op_threads),
+                            skew_tolerance=settings.skew_tolerance),
+        build=version_builder(settings.max_batch_size),
         subscriber_factory=subscriber,
-        reference_card=reference_card(settings),
-        options=RuntimeOptions(settings.intra_op_threads, settings.inter_op_threads),
+        reference_card=reference_card(settings.model_repository, settings.model_name, settings.contract_card),
     )
+    backend = HotSwapBackend(follower)
     sinks: tuple[PredictionLog, ...] = ()
     if settings.prediction_log:
         sinks = (PredictionLog(settings.prediction_log_bootstrap_servers or settings.bootstrap_servers,

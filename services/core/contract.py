@@ -10,10 +10,14 @@ we walk the rows to find and name the first problem, so diagnosis costs nothing 
 Range checks compare each value with the training range from the card, widened by a margin:
 `reject` refuses the request, `flag` serves it and reports the features that were out of range,
 `off` skips the check.
+
+`requests_to_array` validates many requests at once (the stream-scoring micro-batch): each is
+held to the contract as if it came alone, and a bad one refuses only itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -21,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from services.core.card import ModelCard
-from services.core.errors import InvalidInput, PayloadTooLarge
+from services.core.errors import ClientError, InvalidInput, PayloadTooLarge
 
 _F32 = np.dtype(np.float32)
 
@@ -129,7 +133,7 @@ class InputContract:
         """Applies the range policy; returns the findings to report when the policy is `flag`."""
         if self.range_policy is RangePolicy.OFF:
             return []
-        outside = (matrix < self.low) | (matrix > self.high)
+        outside = self._outside(matrix)
         if not outside.any():
             return []
         findings = [
@@ -144,6 +148,77 @@ class InputContract:
                 field=f"instances[{f.row}].{f.feature}",
             )
         return findings
+
+    def requests_to_array(self, requests: Sequence[Any], field: str = "instances"
+                          ) -> tuple[np.ndarray, list[int], dict[int, ClientError]]:
+        """Many requests' rows validated together (a stream-scoring micro-batch).
+
+        Returns the float32 rows of the accepted requests, in request order; the indices of those
+        requests; and the error of each refused one. Every request is held to this contract as if
+        it came alone (row limit, shapes, numbers, range policy `reject`); when all are
+        well-formed arrays of numbers that costs one numpy conversion for the whole batch, and
+        only a batch holding something else is read request by request to name each problem.
+        """
+        errors: dict[int, ClientError] = {}
+        kept: list[int] = []
+        for i, rows in enumerate(requests):
+            try:
+                if not isinstance(rows, list):
+                    raise InvalidInput(f"{field} must be a list of rows, got {_describe(rows)}", field=field)
+                self.check_batch(len(rows), field)
+            except ClientError as exc:
+                errors[i] = exc
+                continue
+            kept.append(i)
+        matrix = self._numeric_rows([row for i in kept for row in requests[i]])
+        if matrix is None:
+            parts, accepted = [], []
+            for i in kept:
+                try:
+                    parts.append(self.rows_to_array(requests[i], field))
+                except ClientError as exc:
+                    errors[i] = exc
+                    continue
+                accepted.append(i)
+            kept = accepted
+            matrix = np.concatenate(parts) if parts else np.empty((0, self.n_features), np.float32)
+        if self.range_policy is RangePolicy.REJECT and kept:
+            outside = self._outside(matrix).any(axis=1)
+            if outside.any():
+                bounds = np.cumsum([0, *(len(requests[i]) for i in kept)])
+                keep_rows = np.ones(len(matrix), dtype=bool)
+                accepted = []
+                for j, i in enumerate(kept):
+                    lo, hi = bounds[j], bounds[j + 1]
+                    if outside[lo:hi].any():
+                        try:
+                            self.check_ranges(matrix[lo:hi])  # raises under `reject`, naming the request's row
+                        except ClientError as exc:
+                            errors[i] = exc
+                        keep_rows[lo:hi] = False
+                    else:
+                        accepted.append(i)
+                matrix, kept = matrix[keep_rows], accepted
+        return matrix, kept, errors
+
+    def _outside(self, matrix: np.ndarray) -> np.ndarray:
+        return (matrix < self.low) | (matrix > self.high)
+
+    def _numeric_rows(self, rows: list[Any]) -> np.ndarray | None:
+        """Arrays of finite numbers in contract width -> float32; None for anything else."""
+        if not rows or not isinstance(rows[0], list):
+            return None
+        try:
+            matrix = np.array(rows)
+        except ValueError:
+            return None  # ragged
+        if matrix.dtype.kind not in "iuf" or matrix.ndim != 2 or matrix.shape[1] != self.n_features:
+            return None
+        if any(v is True or v is False for row in rows for v in row):
+            return None  # a JSON true is not a feature value, though numpy reads it as 1
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(matrix, dtype=np.float32)
+        return out if np.isfinite(out).all() else None
 
     # -- row shapes -----------------------------------------------------------------------
 

@@ -5,22 +5,25 @@ name survives; publishing an older version again makes it the latest (that is th
 A record with an empty value (a tombstone) withdraws nothing from a running app: it is logged
 and skipped.
 
-Record value, format version 1 (binary framing; the ONNX bytes are carried raw, not base64):
+Record value, format version 2 (binary framing; the ONNX and CSV bytes are carried raw, not base64):
 
-    offset  size  field
-    0       4     magic b"SPMD" ("serving-patterns model data")
-    4       1     format version, 1
-    5       32    HMAC-SHA256 tag over bytes[0:5] + bytes[37:] (everything but the tag itself)
-    37      4     header length N, unsigned big-endian
-    41      N     header: UTF-8 JSON object (below)
-    41+N    ...   the ONNX model bytes
+    offset      size          field
+    0           4             magic b"SPMD" ("serving-patterns model data")
+    4           1             format version, 2
+    5           32            HMAC-SHA256 tag over bytes[0:5] + bytes[37:] (everything but the tag itself)
+    37          4             header length N, unsigned big-endian
+    41          N             header: UTF-8 JSON object (below)
+    41+N        onnx_size     the ONNX model bytes
+    41+N+onnx   holdout_size  the holdout set, CSV (`holdout.csv` of the repository version)
 
     header = {
-      "schema": 1,                      # header schema version; readers refuse unknown majors
+      "schema": 2,                      # header schema version; readers refuse unknown ones
       "model_name": "wine",             # equals the record key and card.name
       "model_version": 2,               # equals card.version
       "sha256": "<hex>",                # sha256 of the ONNX bytes; equals card.sha256
       "onnx_size": 53459,               # length of the ONNX bytes
+      "holdout_sha256": "<hex>",        # sha256 of the holdout CSV bytes
+      "holdout_size": 14012,            # length of the holdout CSV bytes
       "card": {...},                    # model-card.json as published (the contract)
       "key_id": "<16 hex>",             # which signing key made the tag (not secret; see key_id())
       "signature_alg": "hmac-sha256",
@@ -28,10 +31,19 @@ Record value, format version 1 (binary framing; the ONNX bytes are carried raw, 
       "publisher": "user@host"
     }
 
+The holdout set travels with the model so every consumer can run the integration check before
+it swaps (services/core/lifecycle.py: the holdout scored through the consumer's own input path
+against the card's claimed accuracy). The tag covers it like every other byte, and its sha256
+is checked like the model's.
+
+Format version 1 (no holdout set) is refused as `malformed`, naming the reason: without the
+holdout set the integration check cannot run, so such a version could never be accepted
+anyway. Republish it with the current publisher.
+
 Why this shape: the tag covers the exact bytes on the wire, so there is no JSON
 canonicalisation to get wrong, and the receiver checks it before parsing anything but the fixed
 framing. Nothing is unpickled, ever: the header is JSON, the model is ONNX bytes that ONNX
-Runtime parses.
+Runtime parses, the holdout set is CSV.
 
 Signing: HMAC-SHA256 with a shared secret (stdlib only; every publisher and every consuming app
 holds the same key, from a Kubernetes Secret in a cluster). Where the key is found, first hit
@@ -42,17 +54,19 @@ bytes are refused. Anyone holding the key can publish; if publishers and consume
 separated (consumers unable to sign), switch to Ed25519 public-key signatures: the framing
 keeps its place for a 64-byte signature under a new format version.
 
-Verification order, each failure a `Rejection` with a reason code:
-    malformed  framing, header JSON, or header fields wrong
-    signature  tag does not verify (tampered bytes, or signed with another key: the key ids say which)
-    checksum   sha256 of the ONNX bytes differs from the header's or the card's
-    name       card name/version disagree with the header or the record key
-(`contract` and `load` are checked by the consumer: see services/apps/hotswap.py.)
+Verification order, each failure an `ArtifactError` whose `code` is the reason recorded:
+    malformed  framing, format version, header JSON, or header fields wrong (`Malformed`)
+    signature  tag does not verify: tampered bytes, or signed with another key, which the key
+               ids name (`SignatureMismatch`)
+    checksum   sha256 of the ONNX bytes differs from the header's or the card's, or the holdout
+               set's from the header's (`ChecksumMismatch`)
+    name       card name/version disagree with the header or the record key (`NameMismatch`)
+(`contract`, `load`, `holdout` and `skew` are the consumer's lifecycle: services/core/lifecycle.py.)
 
-Size: one message carries the whole model, up to `MAX_MODEL_MESSAGE_BYTES` (the broker's 16 MiB
-limit less room for record framing); the limits are raised on topic, producer and consumer
-instead of chunking (see topics.py). A larger model needs the limits raised further, or a
-model store plus a signed pointer message.
+Size: one message carries the whole model and its holdout set, up to `MAX_MODEL_MESSAGE_BYTES`
+(the broker's 16 MiB limit less room for record framing); the limits are raised on topic,
+producer and consumer instead of chunking (see topics.py). A larger model needs the limits
+raised further, or a model store plus a signed pointer message.
 """
 
 from __future__ import annotations
@@ -72,12 +86,13 @@ from pathlib import Path
 from typing import Any
 
 from services.core.card import ModelCard
-from services.core.errors import ArtifactError
+from services.core.errors import ArtifactError, IntegrityError
+from services.core.lifecycle import Artifact, ChecksumMismatch, NameMismatch
 from services.kafka.topics import MAX_MESSAGE_BYTES
 
 MAGIC = b"SPMD"
-FORMAT_VERSION = 1
-HEADER_SCHEMA = 1
+FORMAT_VERSION = 2
+HEADER_SCHEMA = 2
 SIGNATURE_ALG = "hmac-sha256"
 _TAG_AT, _TAG_LEN = 5, 32
 _HLEN_AT = _TAG_AT + _TAG_LEN  # 37
@@ -89,16 +104,16 @@ ENV_KEY = "MODEL_SIGNING_KEY"
 ENV_KEY_FILE = "MODEL_SIGNING_KEY_FILE"
 MIN_KEY_BYTES = 16
 
-REASONS = ("malformed", "signature", "checksum", "name", "contract", "load")
 
 
-class Rejection(Exception):
-    """A model message that must not be served; `reason` is one of REASONS."""
+class Malformed(ArtifactError):
+    """Not a model message this reader can parse (framing, format version, header)."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+    code = "malformed"
+
+
+class SignatureMismatch(IntegrityError):
+    code = "signature"
 
 
 class SigningKeyError(RuntimeError):
@@ -163,6 +178,7 @@ class ModelMessage:
     header: dict[str, Any]
     card: ModelCard
     onnx_bytes: bytes
+    holdout_csv: bytes
 
     @property
     def model_name(self) -> str:
@@ -176,6 +192,9 @@ class ModelMessage:
     def sha256(self) -> str:
         return self.header["sha256"]
 
+    def artifact(self, source: str) -> Artifact:
+        return Artifact(self.card, self.onnx_bytes, self.holdout_csv, source)
+
 
 def _tag(key: bytes, value: bytes | memoryview) -> bytes:
     mac = hmac.new(key, value[:_TAG_AT], hashlib.sha256)
@@ -186,6 +205,7 @@ def _tag(key: bytes, value: bytes | memoryview) -> bytes:
 def encode(
     card: Mapping[str, Any],
     onnx_bytes: bytes,
+    holdout_csv: bytes,
     key: bytes,
     *,
     sha256: str | None = None,
@@ -199,6 +219,8 @@ def encode(
         "model_version": card["version"],
         "sha256": sha256 or hashlib.sha256(onnx_bytes).hexdigest(),
         "onnx_size": len(onnx_bytes),
+        "holdout_sha256": hashlib.sha256(holdout_csv).hexdigest(),
+        "holdout_size": len(holdout_csv),
         "card": dict(card),
         "key_id": key_id(key),
         "signature_alg": SIGNATURE_ALG,
@@ -208,7 +230,7 @@ def encode(
     raw_header = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     if len(raw_header) > MAX_HEADER_BYTES:
         raise ArtifactError(f"model message header is {len(raw_header)} bytes; the limit is {MAX_HEADER_BYTES}")
-    body = struct.pack(">I", len(raw_header)) + raw_header + onnx_bytes
+    body = struct.pack(">I", len(raw_header)) + raw_header + onnx_bytes + holdout_csv
     unsigned = MAGIC + bytes([FORMAT_VERSION]) + bytes(_TAG_LEN) + body
     value = MAGIC + bytes([FORMAT_VERSION]) + _tag(key, unsigned) + body
     if len(value) > MAX_MODEL_MESSAGE_BYTES:
@@ -228,28 +250,35 @@ def read_header(value: bytes) -> dict[str, Any]:
 
 def _framing(value: bytes | None) -> None:
     if not value:
-        raise Rejection("malformed", "empty value (a tombstone), not a model message")
+        raise Malformed("empty value (a tombstone), not a model message")
     if len(value) < _HEADER_AT or value[:4] != MAGIC:
-        raise Rejection("malformed", "not a model message (no SPMD magic)")
+        raise Malformed("not a model message (no SPMD magic)")
+    if value[4] == 1:
+        raise Malformed("model message format version 1 carries no holdout set, so the integration check "
+                        f"cannot run; this reader takes format version {FORMAT_VERSION}: republish the version "
+                        "with the current publisher")
     if value[4] != FORMAT_VERSION:
-        raise Rejection("malformed", f"model message format version {value[4]} is unknown (this reader knows 1)")
+        raise Malformed(f"model message format version {value[4]} is unknown (this reader knows {FORMAT_VERSION})")
     (n,) = struct.unpack_from(">I", value, _HLEN_AT)
     if n > MAX_HEADER_BYTES or _HEADER_AT + n > len(value):
-        raise Rejection("malformed", f"header length {n} does not fit a {len(value)}-byte message")
+        raise Malformed(f"header length {n} does not fit a {len(value)}-byte message")
 
 
 def _parse_header(raw: bytes) -> dict[str, Any]:
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise Rejection("malformed", f"header is not JSON: {exc}") from exc
+        raise Malformed(f"header is not JSON: {exc}") from exc
     if not isinstance(header, dict):
-        raise Rejection("malformed", "header is not a JSON object")
+        raise Malformed("header is not a JSON object")
     return header
 
 
+_REQUIRED = ("model_name", "model_version", "sha256", "onnx_size", "holdout_sha256", "holdout_size", "card")
+
+
 def decode(value: bytes | None, key: bytes, *, record_key: str | None = None) -> ModelMessage:
-    """Verify and parse a message, or raise `Rejection` saying why it must not be served."""
+    """Verify and parse a message, or raise the `ArtifactError` saying why it must not be served."""
     _framing(value)
     assert value is not None
     (n,) = struct.unpack_from(">I", value, _HLEN_AT)
@@ -258,38 +287,45 @@ def decode(value: bytes | None, key: bytes, *, record_key: str | None = None) ->
         # Only now look at the (untrusted) header, to say which key signed it.
         try:
             signer = _parse_header(value[_HEADER_AT : _HEADER_AT + n]).get("key_id")
-        except Rejection:
+        except Malformed:
             signer = None
         mine = key_id(key)
         if isinstance(signer, str) and signer != mine:
-            raise Rejection("signature", f"signed with key id {signer}; this service holds key id {mine}")
-        raise Rejection("signature", "signature does not verify: the message was altered after signing")
+            raise SignatureMismatch(f"signed with key id {signer}; this service holds key id {mine}")
+        raise SignatureMismatch("signature does not verify: the message was altered after signing")
 
     header = _parse_header(value[_HEADER_AT : _HEADER_AT + n])
     if header.get("schema") != HEADER_SCHEMA:
-        raise Rejection("malformed", f"header schema {header.get('schema')!r} is unknown (this reader knows 1)")
-    missing = [f for f in ("model_name", "model_version", "sha256", "onnx_size", "card") if f not in header]
+        raise Malformed(f"header schema {header.get('schema')!r} is unknown (this reader knows {HEADER_SCHEMA})")
+    missing = [f for f in _REQUIRED if f not in header]
     if missing:
-        raise Rejection("malformed", f"header lacks {missing}")
-    onnx_bytes = value[_HEADER_AT + n :]
-    if header["onnx_size"] != len(onnx_bytes):
-        raise Rejection("malformed", f"header says {header['onnx_size']} ONNX bytes, the message has {len(onnx_bytes)}")
+        raise Malformed(f"header lacks {missing}")
+    onnx_size, holdout_size = header["onnx_size"], header["holdout_size"]
+    body = value[_HEADER_AT + n :]
+    if not (isinstance(onnx_size, int) and isinstance(holdout_size, int) and onnx_size >= 0 and holdout_size >= 0
+            and onnx_size + holdout_size == len(body)):
+        raise Malformed(f"header says {onnx_size} ONNX bytes and {holdout_size} holdout bytes, the message has "
+                        f"{len(body)} bytes after the header")
+    onnx_bytes, holdout_csv = body[:onnx_size], body[onnx_size:]
     try:
         card = ModelCard.model_validate(header["card"])
     except ValueError as exc:
-        raise Rejection("malformed", f"the model card does not parse: {exc}") from exc
+        raise Malformed(f"the model card does not parse: {exc}") from exc
 
     actual = hashlib.sha256(onnx_bytes).hexdigest()
     if not hmac.compare_digest(actual, str(header["sha256"])):
-        raise Rejection("checksum", f"sha256 of the ONNX bytes is {actual}; the message says {header['sha256']}")
+        raise ChecksumMismatch(f"sha256 of the ONNX bytes is {actual}; the message says {header['sha256']}")
     if not hmac.compare_digest(actual, card.sha256):
-        raise Rejection("checksum", f"sha256 of the ONNX bytes is {actual}; the model card says {card.sha256}")
+        raise ChecksumMismatch(f"sha256 of the ONNX bytes is {actual}; the model card says {card.sha256}")
+    holdout_actual = hashlib.sha256(holdout_csv).hexdigest()
+    if not hmac.compare_digest(holdout_actual, str(header["holdout_sha256"])):
+        raise ChecksumMismatch(f"sha256 of the holdout set is {holdout_actual}; the message says "
+                               f"{header['holdout_sha256']}")
 
     if card.name != header["model_name"] or card.version != header["model_version"]:
-        raise Rejection(
-            "name",
+        raise NameMismatch(
             f"header names {header['model_name']} v{header['model_version']}, the card {card.name} v{card.version}",
         )
     if record_key is not None and record_key != card.name:
-        raise Rejection("name", f"record key {record_key!r} differs from the card's model name {card.name!r}")
-    return ModelMessage(header=header, card=card, onnx_bytes=onnx_bytes)
+        raise NameMismatch(f"record key {record_key!r} differs from the card's model name {card.name!r}")
+    return ModelMessage(header=header, card=card, onnx_bytes=onnx_bytes, holdout_csv=holdout_csv)

@@ -1,9 +1,16 @@
-"""Prometheus metrics of the Kafka-side components: model subscription (model as data), model
-publishing events, stream scoring and the background emitters (prediction log, model events).
+"""Prometheus metrics of the Kafka-side components: the model lifecycle of services that follow
+the `models` topic (the streaming app, the scoring worker), the models-topic subscriber, stream
+scoring and the background emitters (prediction log, model events).
 
 Module-level objects, registered once per process in prometheus_client's default registry, so
 whichever service imports them exposes them on its /metrics. Counters end in `_total`, durations
 are `_seconds` histograms; models are labelled `model_name` / `model_version`.
+
+The lifecycle metrics say what happened to a model, not which transport brought it:
+`model_swaps_total`, `model_rejections_total{reason}`, `model_load_seconds`,
+`model_publish_to_swap_seconds`, `model_messages_total{outcome}`, `model_served_version`,
+`model_served_info`. Reasons are the refusal codes of services/core/lifecycle.py and
+services/kafka/messages.py. Kafka client health keeps the `kafka_` prefix.
 """
 
 from __future__ import annotations
@@ -14,43 +21,48 @@ from prometheus_client import Counter, Gauge, Histogram
 SWAP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
-# -- model as data: the subscriber in the streaming app ----------------------------------------
+# -- model lifecycle of a service following the models topic -----------------------------------
 
 MODEL_MESSAGES = Counter(
-    "kafka_model_messages_total",
-    "Model messages for this app's model read from the models topic, by outcome "
+    "model_messages_total",
+    "Model messages for this service's model read from the models topic, by outcome "
     "(swapped, unchanged, rejected).",
     ["model_name", "model_version", "outcome"],
 )
 MODEL_REJECTIONS = Counter(
-    "kafka_model_rejections_total",
-    "Model messages refused, by reason (malformed, signature, checksum, name, contract, load).",
+    "model_rejections_total",
+    "Model versions refused, by reason (malformed, signature, checksum, name, contract, load, holdout, skew); "
+    "the version served before keeps serving.",
     ["model_name", "model_version", "reason"],
 )
 MODEL_SWAPS = Counter(
-    "kafka_model_swaps_total", "Model versions swapped into service (the new version is labelled).",
+    "model_swaps_total", "Model versions swapped into service (the new version is labelled).",
     ["model_name", "model_version"],
 )
 MODEL_LOAD_SECONDS = Histogram(
-    "kafka_model_load_seconds",
-    "Time from reading a model message to the new version being ready (verify, load, warm up).",
+    "model_load_seconds",
+    "Time from reading a model message to the new version being ready (verify, load, integration check, "
+    "warm up).",
     ["model_name", "model_version"],
     buckets=SWAP_BUCKETS,
 )
 MODEL_PUBLISH_TO_SWAP_SECONDS = Histogram(
-    "kafka_model_publish_to_swap_seconds",
+    "model_publish_to_swap_seconds",
     "Time from the model message's Kafka timestamp to the new version serving (live messages only).",
     ["model_name", "model_version"],
     buckets=SWAP_BUCKETS,
 )
 MODEL_SERVED = Gauge(
-    "kafka_model_served_info", "1 for the model version this app serves right now, 0 for versions it served before.",
+    "model_served_info", "1 for the model version this service serves right now, 0 for versions it served before.",
     ["model_name", "model_version"],
 )
 MODEL_SERVED_VERSION = Gauge(
-    "kafka_model_served_version", "Version number this app serves right now (0 before the first model).",
+    "model_served_version", "Version number this service serves right now (0 before the first model).",
     ["model_name"],
 )
+
+# -- the models-topic subscriber ------------------------------------------------------------------
+
 SUBSCRIBER_ERRORS = Counter(
     "kafka_subscriber_errors_total",
     "Errors of the models-topic subscriber (broker unreachable, timeouts); it retries with backoff.",

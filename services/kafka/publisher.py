@@ -5,8 +5,8 @@
     python -m services.kafka.publisher --model wine                  the newest version that passed its gate
     python -m services.kafka.publisher --list                        the latest message per model on the topic
 
-The message (see `messages.py`) carries the ONNX bytes, the model card, the sha256 and an
-HMAC-SHA256 signature; it is keyed by model name, so compaction keeps the latest per model and
+The message (see `messages.py`) carries the ONNX bytes, the model card, the holdout set, their
+sha256 and an HMAC-SHA256 signature; it is keyed by model name, so compaction keeps the latest per model and
 every subscribed app swaps to whatever was published last. The topic is created on first use
 with `cleanup.policy=compact` and a 16 MiB `max.message.bytes`.
 
@@ -34,6 +34,7 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from services.core.errors import ServingError
+from services.core.lifecycle import HOLDOUT_FILE
 from services.core.repository import passed_gate, version_dir
 from services.core.runtime import CARD_FILE, MODEL_FILE
 from services.core.settings import DEFAULT_MODEL_REPOSITORY
@@ -72,8 +73,8 @@ class Published:
 
 
 def load_artifact(repo: Path, model: str, version: int | None, allow_failed_gate: bool = False
-                  ) -> tuple[dict[str, Any], bytes]:
-    """The card (as JSON) and ONNX bytes of a repository version, checked before they are sent."""
+                  ) -> tuple[dict[str, Any], bytes, bytes]:
+    """The card (as JSON), ONNX bytes and holdout CSV of a repository version, checked before they are sent."""
     path = version_dir(repo, model, version)
     if not allow_failed_gate and not passed_gate(repo, model, int(path.name)):
         raise PublishError(
@@ -85,7 +86,11 @@ def load_artifact(repo: Path, model: str, version: int | None, allow_failed_gate
     actual = hashlib.sha256(onnx_bytes).hexdigest()
     if actual != card.get("sha256"):
         raise PublishError(f"{path}: sha256 of model.onnx is {actual}, the card says {card.get('sha256')}; not sent")
-    return card, onnx_bytes
+    try:
+        holdout_csv = (path / HOLDOUT_FILE).read_bytes()
+    except FileNotFoundError as exc:
+        raise PublishError(f"{path}: no {HOLDOUT_FILE}; consumers refuse a model without its holdout set") from exc
+    return card, onnx_bytes, holdout_csv
 
 
 def make_producer(bootstrap_servers: str) -> KafkaProducer:
@@ -116,9 +121,9 @@ def publish(
     producer: KafkaProducer | None = None,
 ) -> Published:
     """Publish a repository version; creates the topic if needed. Returns where it landed."""
-    card, onnx_bytes = load_artifact(repo, model, version, allow_failed_gate)
+    card, onnx_bytes, holdout_csv = load_artifact(repo, model, version, allow_failed_gate)
     key = key if key is not None else messages.load_signing_key()
-    value = messages.encode(card, onnx_bytes, key)
+    value = messages.encode(card, onnx_bytes, holdout_csv, key)
     ensure_topics(bootstrap_servers, [models_topic(topic)])
     own = producer is None
     producer = producer or make_producer(bootstrap_servers)
@@ -164,9 +169,9 @@ def latest_messages(bootstrap_servers: str, topic: str = MODELS, key: bytes | No
                 if key is not None:
                     messages.decode(r.value, key, record_key=entry["key"])
                     entry["verified"] = True
-            except messages.Rejection as exc:
+            except ServingError as exc:
                 entry["verified"] = False
-                entry["problem"] = f"{exc.reason}: {exc.message}"
+                entry["problem"] = f"{exc.code}: {exc.message}"
             out.append(entry)
         return out
     finally:

@@ -1,7 +1,7 @@
 """Follow one model's messages on the compacted `models` topic, in a background thread.
 
     subscriber = ModelSubscriber(bootstrap, "models", "breast-cancer", handler)
-    subscriber.start()      # returns at once; the thread connects, recovers, then follows
+    subscriber.start(loop)  # returns at once; the thread connects, recovers, then follows
     ...
     subscriber.stop()
 
@@ -15,20 +15,25 @@ What the thread does:
    (oldest first), which picks the latest one it accepts. `recovered` is set afterwards.
 3. **Follow**: poll; each new record for this model goes to `handler.handle()`.
 
+kafka-python's consumer blocks, hence the thread; the handler is asyncio code. `_deliver` is
+the one place a record crosses over: it runs the handler's coroutine on the service's event
+loop and waits for it, so a model load never blocks the loop and records are handled one at a
+time, in offset order; polling simply waits meanwhile.
+
 Nothing in the loop may kill it: any error (broker gone, timeouts, a handler bug) is logged,
 counted (`kafka_subscriber_errors_total`) and followed by a reconnect with exponential backoff
 (capped at `backoff_max_s`). The thread remembers the next offset per partition, so a
 reconnect resumes where it stopped and no message is handled twice. kafka-python itself also
 reconnects under a live consumer, so short outages usually pass without a reconnect here.
-
-The handler runs on this thread: it may block (load a model) without touching the app's event
-loop; polling simply waits meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import threading
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from kafka import KafkaConsumer, TopicPartition
@@ -43,10 +48,10 @@ RECOVERY_KEEP = 8
 
 
 class ModelHandler(Protocol):
-    def recover(self, records: list[Any]) -> None:
+    async def recover(self, records: list[Any]) -> None:
         """Records for this model found at start-up, oldest first (possibly none)."""
 
-    def handle(self, record: Any) -> None:
+    async def handle(self, record: Any) -> None:
         """A record for this model that arrived after recovery."""
 
 
@@ -75,11 +80,14 @@ class ModelSubscriber:
         self.recovered = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._next: dict[TopicPartition, int] = {}
         self._errors = metrics.SUBSCRIBER_ERRORS.labels(model_name)
         metrics.SUBSCRIBER_RECOVERED.labels(model_name).set(0)
 
-    def start(self) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the thread; the handler's coroutines run on `loop`."""
+        self._loop = loop
         self._thread = threading.Thread(target=self._run, name=f"models-subscriber-{self.model_name}", daemon=True)
         self._thread.start()
 
@@ -91,6 +99,18 @@ class ModelSubscriber:
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def _deliver(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a handler coroutine on the service's event loop and wait for it (or for stop)."""
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except concurrent.futures.TimeoutError:
+                if self._stopping.is_set():
+                    future.cancel()
+                    return
 
     # -- the thread ---------------------------------------------------------------------------------
 
@@ -172,7 +192,7 @@ class ModelSubscriber:
             extra={"topic": self.topic, "model_name": self.model_name, "candidates": len(mine),
                    "end_offsets": {str(tp.partition): off for tp, off in ends.items()}},
         )
-        self.handler.recover(mine)
+        self._deliver(self.handler.recover(mine))
         self.recovered.set()
         metrics.SUBSCRIBER_RECOVERED.labels(self.model_name).set(1)
 
@@ -182,6 +202,6 @@ class ModelSubscriber:
                 for record in batch:
                     self._next[tp] = record.offset + 1
                     if record.key == self._key:
-                        self.handler.handle(record)
+                        self._deliver(self.handler.handle(record))
                     if self._stopping.is_set():
                         return

@@ -10,16 +10,21 @@ its `model-card.json` exists) and `<repo>/<model>/config.yaml`, then for each mo
 
 1. the version policy picks the versions to serve (`latest:N` the N highest numbers, `all`,
    `specific:[...]`); versions a label points to are kept too, so labels always resolve;
-2. each missing version is loaded and verified off the event loop (sha256, graph vs card, card
-   name/version vs directory) and marked AVAILABLE;
+2. each missing version goes through the model lifecycle (services/core/lifecycle.py), off the
+   event loop where it blocks: load and verify (sha256, graph vs card, card name/version vs
+   directory), the integration check (the version's `holdout.csv` scored through this server's
+   input path, the `InputContract` and the version's batcher or inline predict, its accuracy
+   against the card's claim), warm up; then it is marked AVAILABLE;
 3. the served set is swapped in one assignment (requests in flight keep the object they hold);
-4. versions no longer wanted are removed, their batching queues drained, then unloaded.
+4. versions no longer wanted are removed and closed: no new request, their batching queues and
+   requests in flight drained, then unloaded.
 
-A version that fails to load is logged, counted (`model_server_model_loads_total{outcome=
-"failed"}`), reported by GetModelStatus, and left out of the policy until its card changes, so
-the versions already serving keep serving. Without a version, a request gets the newest
-*loaded* version that passed its quality gate (models/thresholds.yaml); a gate-failed version
-is served only when asked for by number or label.
+A version the lifecycle refuses is logged (reason = the error's code: `checksum`, `load`,
+`skew`, ...), counted (`model_server_model_loads_total{outcome="failed"}`), reported by
+GetModelStatus, and left out of the policy until its card changes, so the versions already
+serving keep serving. Without a version, a request gets the newest *loaded* version that passed
+its quality gate (models/thresholds.yaml); a gate-failed version is served only when asked for
+by number or label.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from services.core.card import ModelCard
 from services.core.contract import InputContract, RangePolicy
-from services.core.errors import ArtifactError, NotFound, ServingError
+from services.core.errors import NotFound, ServingError, Unavailable
+from services.core.lifecycle import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_SKEW_TOLERANCE, Lifecycle, Version
 from services.core.repository import list_models, list_versions
 from services.core.repository import passed_gate as card_passed_gate
 from services.core.runtime import CARD_FILE, OnnxModel, RuntimeOptions
@@ -60,17 +65,13 @@ log = logging.getLogger(__name__)
 LOADING, AVAILABLE, UNLOADING, END = "LOADING", "AVAILABLE", "UNLOADING", "END"
 
 
-class Servable:
+class Servable(Version):
     """One loaded model version: the model, its input contract, metrics children, maybe a batcher."""
 
     def __init__(self, model: OnnxModel, contract: InputContract, passed_gate: bool, batching: BatchingConfig,
                  batcher: Batcher | None, version_metrics: metrics.VersionMetrics) -> None:
-        self.model = model
-        self.card: ModelCard = model.card
-        self.name = model.card.name
-        self.version = model.card.version
+        super().__init__(model, contract)
         self.version_str = str(self.version)
-        self.contract = contract
         self.passed_gate = passed_gate
         self.batching = batching  # the config it was built with; a change reloads it
         self.batcher = batcher
@@ -85,20 +86,32 @@ class Servable:
             findings = self.contract.check_ranges(x)  # raises under `reject`
             if findings:
                 self.metrics.out_of_range.inc(len(findings))
+        if not self.try_enter():
+            raise Unavailable(f"model {self.name} v{self.version} is being unloaded; retry")
+        try:
+            if self.batcher is not None:
+                return await self.batcher.submit(x)
+            # Batching off: ONNX Runtime inline on the loop. A row costs ~6-12 µs; a thread hop costs more.
+            started = time.perf_counter()
+            p = self.model.predict_sync(x)
+            m = self.metrics
+            m.inference.observe(time.perf_counter() - started)
+            m.batch_size.observe(x.shape[0])
+            return p.labels, p.probabilities
+        finally:
+            self.leave()
+
+    async def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # The lifecycle's integration check and warm-up: the serving computation, batcher included.
         if self.batcher is not None:
             return await self.batcher.submit(x)
-        # Batching off: ONNX Runtime inline on the loop. A row costs ~6-12 µs; a thread hop costs more.
-        started = time.perf_counter()
-        p = self.model.predict_sync(x)
-        m = self.metrics
-        m.inference.observe(time.perf_counter() - started)
-        m.batch_size.observe(x.shape[0])
-        return p.labels, p.probabilities
+        return await super().infer(x)
 
-    async def close(self) -> None:
+    async def close(self, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> None:
+        self.retire()
         if self.batcher is not None:
-            await self.batcher.close()
-        await self.model.unload()
+            await self.batcher.close()  # runs what is queued
+        await super().close(drain_timeout_s)
 
 
 @dataclass
@@ -108,6 +121,8 @@ class VersionStatus:
     """Why the last load failed; empty when fine."""
     grpc_code: grpc.StatusCode = grpc.StatusCode.OK
     """The failure as a canonical code (TF Serving's StatusProto.error_code uses the same numbers)."""
+    reason: str = ""
+    """Why the lifecycle refused the version: the error's code (`checksum`, `load`, `skew`, ...)."""
 
 
 @dataclass
@@ -181,6 +196,9 @@ class Registry:
         self.repo = Path(settings.model_repository)
         self.defaults = defaults_from(settings)
         self.runtime = RuntimeOptions(settings.intra_op_threads, settings.inter_op_threads)
+        # `skew_tolerance` is read when ModelServerSettings has it; the lifecycle's default otherwise.
+        self.lifecycle = Lifecycle(self.runtime,
+                                   skew_tolerance=getattr(settings, "skew_tolerance", DEFAULT_SKEW_TOLERANCE))
         self.executor = executor  # the batch worker thread, shared by every batcher
         self.models: dict[str, ModelEntry] = {}
         self.started = False
@@ -328,12 +346,10 @@ class Registry:
         t0 = time.perf_counter()
         try:
             servable = await self._build(entry, path, version)
-        except ServingError as exc:
+        except ServingError as exc:  # the lifecycle logged it
             entry.failed[version] = card_mtime if card_mtime is not None else -2
-            entry.statuses[version] = VersionStatus(END, exc.message, exc.grpc_code)
+            entry.statuses[version] = VersionStatus(END, exc.message, exc.grpc_code, exc.code)
             metrics.MODEL_LOADS.labels(entry.name, "failed").inc()
-            log.error("model version refused; versions already loaded keep serving",
-                      extra={"model_name": entry.name, "model_version": version, "error": exc.message})
             return None
         entry.statuses[version] = VersionStatus(AVAILABLE)
         servable.metrics.set_ready(True)
@@ -344,32 +360,24 @@ class Registry:
         return servable
 
     async def _build(self, entry: ModelEntry, path: Path, version: int) -> Servable:
-        def read() -> tuple[OnnxModel, bool]:
-            model = OnnxModel.from_dir(path, self.runtime)
-            card = model.card
-            if card.name != entry.name or card.version != version:
-                raise ArtifactError(
-                    f"{path}: the card says {card.name!r} v{card.version}, the directory says {entry.name!r} v{version}"
-                )
-            model.load_sync()
-            return model, card_passed_gate(self.repo, entry.name, version)
-
         try:
-            model, passed_gate = await asyncio.to_thread(read)
-        except ServingError:
-            raise
-        except Exception as exc:  # anything unexpected while reading an artifact is still a refused load
-            raise ArtifactError(f"{path}: cannot load: {exc}") from exc
+            passed_gate = await asyncio.to_thread(card_passed_gate, self.repo, entry.name, version)
+        except (OSError, ValueError):
+            passed_gate = False  # an unreadable card: the lifecycle refuses the version and says why
         s = self.settings
-        contract = InputContract(model.card, max_batch_size=s.max_batch_size, range_policy=s.range_policy,
-                                 range_margin=s.range_margin)
-        version_metrics = metrics.VersionMetrics(entry.name, version)
         cfg = entry.config.batching
-        batcher = None
-        if cfg.enabled:
-            batcher = Batcher(model, cfg, version_metrics, self.executor, s.retry_after_s)
-            batcher.start()
-        return Servable(model, contract, passed_gate, cfg, batcher, version_metrics)
+
+        def build(model: OnnxModel) -> Servable:
+            contract = InputContract(model.card, max_batch_size=s.max_batch_size, range_policy=s.range_policy,
+                                     range_margin=s.range_margin)
+            version_metrics = metrics.VersionMetrics(entry.name, version)
+            batcher = None
+            if cfg.enabled:
+                batcher = Batcher(model, cfg, version_metrics, self.executor, s.retry_after_s)
+                batcher.start()
+            return Servable(model, contract, passed_gate, cfg, batcher, version_metrics)
+
+        return await self.lifecycle.load_dir(path, build, identity=(entry.name, version))
 
     async def _unload(self, entry: ModelEntry, servable: Servable, reason: str) -> None:
         version = servable.version

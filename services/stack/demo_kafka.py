@@ -88,7 +88,7 @@ def model_as_data(model: str = "breast-cancer"):
         n, errors, acc, lat, versions = drive(url, np.vstack([x, x]), np.concatenate([y, y]), publish_v2_at_100)
         if publisher:
             publisher.join()
-        swap_s = _metric(url, "kafka_model_publish_to_swap_seconds_sum")
+        swap_s = _metric(url, "model_publish_to_swap_seconds_sum")
     finally:
         for proc in reversed(stack.processes):
             proc.stop()

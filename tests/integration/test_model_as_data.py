@@ -83,9 +83,20 @@ def send_raw(bootstrap: str, topics: Topics, value: bytes, record_key: str = MOD
         producer.close()
 
 
-def artifact(model_repo, name: str, version: int) -> tuple[dict, bytes]:
+def artifact(model_repo, name: str, version: int) -> tuple[dict, bytes, bytes]:
     d = model_repo / name / str(version)
-    return json.loads((d / "model-card.json").read_text()), (d / "model.onnx").read_bytes()
+    return (json.loads((d / "model-card.json").read_text()), (d / "model.onnx").read_bytes(),
+            (d / "holdout.csv").read_bytes())
+
+
+def flipped_labels(holdout_csv: bytes, n: int) -> bytes:
+    """The holdout set with the labels of its first `n` rows flipped (0 <-> 1)."""
+    header, *rows = holdout_csv.decode().splitlines()
+    for i in range(n):
+        values = rows[i].split(",")
+        values[-1] = str(1 - int(values[-1]))
+        rows[i] = ",".join(values)
+    return ("\n".join([header, *rows]) + "\n").encode()
 
 
 def ready_version(url: str) -> int | None:
@@ -196,9 +207,10 @@ def test_publish_v1_served_then_v2_swapped_under_traffic(kafka_bootstrap_servers
         assert set(versions[first_v2:]) == {2}, f"client {client} got v1 after v2"
 
     metrics = httpx.get(f"{url}/metrics").text
-    assert f'kafka_model_served_version{{model_name="{MODEL}"}} 2.0' in metrics
-    assert f'kafka_model_served_info{{model_name="{MODEL}",model_version="2"}} 1.0' in metrics
-    assert f'kafka_model_swaps_total{{model_name="{MODEL}",model_version="2"}} 1.0' in metrics
+    assert f'model_served_version{{model_name="{MODEL}"}} 2.0' in metrics
+    assert f'model_served_info{{model_name="{MODEL}",model_version="2"}} 1.0' in metrics
+    assert f'model_swaps_total{{model_name="{MODEL}",model_version="2"}} 1.0' in metrics
+    assert f'model_publish_to_swap_seconds_count{{model_name="{MODEL}",model_version="2"}} 1.0' in metrics
     check_exposition(metrics)
     events = events_until(bootstrap, topics, lambda es: any(e["event"] == "swapped" and e["model_version"] == 2
                                                             for e in es))
@@ -216,20 +228,22 @@ def test_bad_messages_are_refused_and_the_served_version_stays(kafka_bootstrap_s
     url = f"http://127.0.0.1:{port}"
     start_service(app_process(port, bootstrap, topics, key))
 
-    v2_card, v2_onnx = artifact(model_repo, MODEL, 2)
-    wine_card, wine_onnx = artifact(model_repo, "wine", 2)
-    good_v2 = messages.encode(v2_card, v2_onnx, key)
+    v2_card, v2_onnx, v2_holdout = artifact(model_repo, MODEL, 2)
+    wine_card, wine_onnx, wine_holdout = artifact(model_repo, "wine", 2)
+    good_v2 = messages.encode(v2_card, v2_onnx, v2_holdout, key)
     tampered = bytearray(good_v2)
     tampered[-100] ^= 0xFF  # one bit pattern inside the ONNX bytes
     garbage = b"\x08\x01 this is not an ONNX graph " * 50
     bad = {
         "signature/tampered": bytes(tampered),
-        "signature/wrong key": messages.encode(v2_card, v2_onnx, secrets.token_hex(32).encode()),
-        "checksum/header": messages.encode(v2_card, v2_onnx, key, sha256=hashlib.sha256(b"other").hexdigest()),
-        "checksum/card": messages.encode(artifact(model_repo, MODEL, 1)[0], v2_onnx, key),
-        "contract/wine as breast-cancer": messages.encode({**wine_card, "name": MODEL, "version": 7}, wine_onnx, key),
+        "signature/wrong key": messages.encode(v2_card, v2_onnx, v2_holdout, secrets.token_hex(32).encode()),
+        "checksum/header": messages.encode(v2_card, v2_onnx, v2_holdout, key,
+                                           sha256=hashlib.sha256(b"other").hexdigest()),
+        "checksum/card": messages.encode(artifact(model_repo, MODEL, 1)[0], v2_onnx, v2_holdout, key),
+        "contract/wine as breast-cancer": messages.encode({**wine_card, "name": MODEL, "version": 7}, wine_onnx,
+                                                          wine_holdout, key),
         "load/corrupt onnx": messages.encode({**v2_card, "version": 8, "sha256": hashlib.sha256(garbage).hexdigest()},
-                                             garbage, key),
+                                             garbage, v2_holdout, key),
     }
     offsets = {}
     with Traffic(url, holdout[1], threads=1) as traffic:
@@ -250,11 +264,48 @@ def test_bad_messages_are_refused_and_the_served_version_stays(kafka_bootstrap_s
     metrics = httpx.get(f"{url}/metrics").text
     for reason in ("signature", "checksum", "contract", "load"):
         assert f'reason="{reason}"' in metrics
-    assert f'kafka_model_served_version{{model_name="{MODEL}"}} 1.0' in metrics
+    assert f'model_served_version{{model_name="{MODEL}"}} 1.0' in metrics
     check_exposition(metrics)
 
     # And a good message after all that is still taken.
     send_raw(bootstrap, topics, good_v2)
+    wait_for_version(url, 2)
+
+
+def test_a_version_whose_holdout_disagrees_with_its_card_is_refused_as_skew(kafka_bootstrap_servers, start_service,
+                                                                           topics, key, model_repo, holdout,
+                                                                           ort_outputs):
+    """The integration check over Kafka: real v2 artifacts, signed and consistent, but one with its
+    holdout labels altered and one with its card's accuracy altered. The app scores each holdout
+    through its own input path, finds the card's claim unreachable, refuses the version (skew)
+    and keeps serving v1; the real v2 after them is taken."""
+    bootstrap = kafka_bootstrap_servers
+    publish(bootstrap, topics, key, 1)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    start_service(app_process(port, bootstrap, topics, key))
+    v2_card, v2_onnx, v2_holdout = artifact(model_repo, MODEL, 2)
+    altered = {
+        send_raw(bootstrap, topics, messages.encode(v2_card, v2_onnx, flipped_labels(v2_holdout, 3), key)): "labels",
+        send_raw(bootstrap, topics, messages.encode({**v2_card, "metrics": {**v2_card["metrics"], "accuracy": 0.99}},
+                                                    v2_onnx, v2_holdout, key)): "metric",
+    }
+    with Traffic(url, holdout[1], threads=1) as traffic:
+        events = events_until(bootstrap, topics, lambda es: sum(e["event"] == "rejected" for e in es) >= 2)
+        traffic.wait(lambda: traffic.count() >= 100)
+    rejected = {e["source"]["offset"]: e for e in events if e["event"] == "rejected"}
+    assert set(rejected) == set(altered)
+    for e in rejected.values():
+        assert (e["reason"], e["model_version"]) == ("skew", 2) and "training/serving skew" in e["detail"]
+    assert "the card claims 0.990000" in next(e["detail"] for off, e in rejected.items() if altered[off] == "metric")
+    assert not any(e["event"] == "swapped" and e["model_version"] == 2 for e in events)
+    check_answers(traffic, ort_outputs)
+    assert {v for _, _, v, _ in traffic.answers} == {1} and ready_version(url) == 1
+    metrics = httpx.get(f"{url}/metrics").text
+    assert f'model_rejections_total{{model_name="{MODEL}",model_version="2",reason="skew"}} 2.0' in metrics
+    check_exposition(metrics)
+
+    send_raw(bootstrap, topics, messages.encode(v2_card, v2_onnx, v2_holdout, key))
     wait_for_version(url, 2)
 
 
@@ -309,7 +360,7 @@ def test_app_keeps_serving_through_a_broker_outage_and_takes_later_versions(kafk
     assert ready_version(url) == 2
     # The outage was noticed (not silently absent), and the subscriber kept going.
     metrics = httpx.get(f"{url}/metrics").text
-    assert f'kafka_model_served_version{{model_name="{MODEL}"}} 2.0' in metrics
+    assert f'model_served_version{{model_name="{MODEL}"}} 2.0' in metrics
 
 
 def test_app_started_during_an_outage_becomes_ready_when_the_broker_returns(kafka_broker, topics, key, tmp_path):

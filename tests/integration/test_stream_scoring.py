@@ -137,11 +137,10 @@ def test_n_requests_in_n_results_out_and_malformed_to_the_dlq(kafka_bootstrap_se
     by_key = {(d["request_id"] or d["key"]): d for d in letters}
     assert set(by_key) == set(malformed)
     codes = {k: d["code"] for k, d in by_key.items()}
-    assert codes == {
-        "bad-json": "invalid_json", "not-object": "not_an_object", "no-id": "missing_request_id",
-        "short-row": "invalid_input", "string-value": "invalid_input", "nan-ish": "invalid_input",
-        "empty": "invalid_input", "too-many-rows": "too_many_rows", "unknown-feature": "invalid_input",
-    }
+    # The codes of the one error hierarchy (services/core/errors.py); `field` says where.
+    assert codes == {k: "payload_too_large" if k == "too-many-rows" else "invalid_input" for k in malformed}
+    assert {k: by_key[k]["field"] for k in ("bad-json", "not-object", "no-id", "too-many-rows")} == {
+        "bad-json": "body", "not-object": "body", "no-id": "request_id", "too-many-rows": "instances"}
     assert "3 values" in by_key["short-row"]["reason"] and by_key["short-row"]["field"] == "instances[0]"
     assert "finite" in by_key["nan-ish"]["reason"]
     assert "unknown feature" in by_key["unknown-feature"]["reason"]
@@ -149,7 +148,8 @@ def test_n_requests_in_n_results_out_and_malformed_to_the_dlq(kafka_bootstrap_se
     assert all(d["source"]["topic"] == topics["requests"] for d in letters)
 
     text = httpx.get(f"{url_of(proc)}/metrics", timeout=5).text
-    assert 'kafka_scoring_dlq_total{code="invalid_input",model_name="breast-cancer"} 5.0' in text
+    assert 'kafka_scoring_dlq_total{code="invalid_input",model_name="breast-cancer"} 8.0' in text
+    assert 'kafka_scoring_dlq_total{code="payload_too_large",model_name="breast-cancer"} 1.0' in text
     assert f'kafka_scoring_records_total{{model_name="{MODEL}",model_version="1",outcome="scored"}}' in text
     if promtool.path() is not None:
         result = promtool.check_metrics(text)

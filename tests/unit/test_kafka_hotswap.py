@@ -1,4 +1,5 @@
-"""The hot-swap backend's decisions, in-process: records are handed to it as the subscriber would.
+"""The models-topic follower's decisions behind the app's hot-swap backend, in-process: records are
+handed to it as the subscriber would (on the event loop).
 
 (The same paths run against the real broker in tests/integration/test_model_as_data.py.)
 """
@@ -8,26 +9,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import threading
 from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from prometheus_client import REGISTRY
 
-from services.apps.hotswap import HotSwapBackend
+from services.apps.hotswap import HotSwapBackend, version_builder
 from services.core.card import ModelCard
+from services.core.lifecycle import Lifecycle
 from services.kafka import messages
 from services.kafka.events import ModelEvents
+from services.kafka.follower import ModelFollower
 
 KEY = b"unit-test-key-0123456789abcdef"
+MODEL = "breast-cancer"
 
 
 class FakeSubscriber:
-    def __init__(self) -> None:
-        self.recovered = threading.Event()
-
-    def start(self) -> None: ...
+    def start(self, loop) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -43,78 +44,125 @@ class RecordingEvents(ModelEvents):
         return record
 
 
-def record(value: bytes | None, offset: int, key: str = "breast-cancer"):
+def record(value: bytes | None, offset: int, key: str = MODEL):
     return SimpleNamespace(topic="models", partition=0, offset=offset, key=key.encode(), value=value, timestamp=0)
 
 
-def artifact(model_repo, name: str, version: int) -> tuple[dict, bytes]:
+def artifact(model_repo, name: str, version: int) -> tuple[dict, bytes, bytes]:
     d = model_repo / name / str(version)
-    return json.loads((d / "model-card.json").read_text()), (d / "model.onnx").read_bytes()
+    return (json.loads((d / "model-card.json").read_text()), (d / "model.onnx").read_bytes(),
+            (d / "holdout.csv").read_bytes())
 
 
 def signed(model_repo, name: str, version: int, key: bytes = KEY) -> bytes:
     return messages.encode(*artifact(model_repo, name, version), key)
 
 
+def flipped_labels(holdout_csv: bytes, n: int) -> bytes:
+    """The holdout set with the labels of its first `n` rows flipped (0 <-> 1)."""
+    header, *rows = holdout_csv.decode().splitlines()
+    for i in range(n):
+        values = rows[i].split(",")
+        values[-1] = str(1 - int(values[-1]))
+        rows[i] = ",".join(values)
+    return ("\n".join([header, *rows]) + "\n").encode()
+
+
+def rejections(reason: str) -> float:
+    return sum(REGISTRY.get_sample_value("model_rejections_total", {"model_name": MODEL, "model_version": v,
+                                                                    "reason": reason}) or 0.0
+               for v in ("1", "2", "7", "8", "9", "unknown"))
+
+
 @pytest.fixture
 def backend(model_repo):
-    ref = ModelCard.from_file(model_repo / "breast-cancer" / "2" / "model-card.json")
-    return HotSwapBackend(model_name="breast-cancer", key=KEY, events=RecordingEvents(),
-                          subscriber_factory=lambda _: FakeSubscriber(), reference_card=ref)
+    ref = ModelCard.from_file(model_repo / MODEL / "2" / "model-card.json")
+    follower = ModelFollower(model_name=MODEL, key=KEY, events=RecordingEvents(), lifecycle=Lifecycle(),
+                             build=version_builder(256), subscriber_factory=lambda _: FakeSubscriber(),
+                             reference_card=ref)
+    return HotSwapBackend(follower)
 
 
 def served(backend) -> int | None:
-    return backend.model.version if backend.model is not None else None
+    return backend.model.card.version if backend.model is not None else None
+
+
+def events(backend) -> list[dict]:
+    return backend.follower.events.seen
 
 
 def test_recovery_takes_the_newest_acceptable_record(backend, model_repo):
-    bad = signed(model_repo, "breast-cancer", 2, key=b"another-key-0123456789abcdef")
-    backend.recover([record(signed(model_repo, "breast-cancer", 1), 0),
-                     record(signed(model_repo, "breast-cancer", 2), 1),
-                     record(bad, 2)])
+    bad = signed(model_repo, MODEL, 2, key=b"another-key-0123456789abcdef")
+    asyncio.run(backend.follower.recover([record(signed(model_repo, MODEL, 1), 0),
+                                          record(signed(model_repo, MODEL, 2), 1),
+                                          record(bad, 2)]))
     assert backend.ready and served(backend) == 2
-    kinds = [(e["event"], e["model_version"], e["reason"]) for e in backend.events.seen]
+    kinds = [(e["event"], e["model_version"], e["reason"]) for e in events(backend)]
     assert kinds == [("rejected", 2, "signature"), ("loaded", 2, None), ("swapped", 2, None)]
 
 
 def test_not_ready_until_recovery_and_without_any_model(backend):
     assert not backend.ready
-    backend.recover([])
+    asyncio.run(backend.follower.recover([]))
     assert not backend.ready
 
 
 def test_swap_then_rollback_and_identical_republish(backend, model_repo, holdout):
-    backend.recover([record(signed(model_repo, "breast-cancer", 1), 0)])
-    backend.handle(record(signed(model_repo, "breast-cancer", 2), 1))
-    assert served(backend) == 2
-    x = holdout[1][:5].astype(np.float32)
-    got = asyncio.run(backend.predict(x))
-    _, proba = ort.InferenceSession(str(model_repo / "breast-cancer/2/model.onnx")).run(None, {"input": x})
-    assert got.model_version == 2
-    np.testing.assert_allclose(got.probabilities, proba, atol=1e-6)
-    backend.handle(record(signed(model_repo, "breast-cancer", 1), 2))  # rollback
-    assert served(backend) == 1
-    backend.handle(record(signed(model_repo, "breast-cancer", 1), 3))
-    assert backend.events.seen[-1]["event"] == "unchanged"
+    f = backend.follower
+
+    async def scenario():
+        await f.recover([record(signed(model_repo, MODEL, 1), 0)])
+        v1 = f.slot.current
+        await f.handle(record(signed(model_repo, MODEL, 2), 1))
+        assert served(backend) == 2
+        assert not v1.model.ready  # drained and unloaded after the swap
+        x = holdout[1][:5].astype(np.float32)
+        got = await backend.predict(x)
+        _, proba = ort.InferenceSession(str(model_repo / MODEL / "2/model.onnx")).run(None, {"input": x})
+        assert got.model_version == 2
+        np.testing.assert_allclose(got.probabilities, proba, atol=1e-6)
+        await f.handle(record(signed(model_repo, MODEL, 1), 2))  # rollback
+        assert served(backend) == 1
+        await f.handle(record(signed(model_repo, MODEL, 1), 3))
+        assert events(backend)[-1]["event"] == "unchanged"
+        await backend.stop()
+        assert f.slot.current is None
+
+    asyncio.run(scenario())
 
 
 def test_refusals_keep_the_served_version(backend, model_repo):
-    backend.recover([record(signed(model_repo, "breast-cancer", 1), 0)])
-    wine_card, wine_onnx = artifact(model_repo, "wine", 1)
-    as_breast_cancer = {**wine_card, "name": "breast-cancer", "version": 9}
+    f = backend.follower
+    wine_card, wine_onnx, wine_holdout = artifact(model_repo, "wine", 1)
+    v2_card, v2_onnx, v2_holdout = artifact(model_repo, MODEL, 2)
+    as_breast_cancer = {**wine_card, "name": MODEL, "version": 9}
     garbage = b"\x08\x07 not an onnx graph" * 20
-    corrupt_card = {**artifact(model_repo, "breast-cancer", 2)[0], "sha256": hashlib.sha256(garbage).hexdigest()}
+    corrupt_card = {**v2_card, "sha256": hashlib.sha256(garbage).hexdigest()}
     cases = [
-        (messages.encode(as_breast_cancer, wine_onnx, KEY), "contract"),
-        (messages.encode(corrupt_card, garbage, KEY), "load"),
-        (signed(model_repo, "breast-cancer", 2)[:-5] + b"xxxxx", "signature"),
-        (messages.encode(artifact(model_repo, "breast-cancer", 2)[0], wine_onnx, KEY), "checksum"),
+        (messages.encode(as_breast_cancer, wine_onnx, wine_holdout, KEY), "contract"),
+        (messages.encode(corrupt_card, garbage, v2_holdout, KEY), "load"),
+        (signed(model_repo, MODEL, 2)[:-5] + b"xxxxx", "signature"),
+        (messages.encode(v2_card, wine_onnx, v2_holdout, KEY), "checksum"),
         (signed(model_repo, "wine", 1), "name"),
+        # Signed and consistent, but the holdout labels do not give the accuracy the card claims.
+        (messages.encode(v2_card, v2_onnx, flipped_labels(v2_holdout, 5), KEY), "skew"),
+        (messages.encode({**v2_card, "metrics": {**v2_card["metrics"], "accuracy": 0.9}}, v2_onnx, v2_holdout, KEY),
+         "skew"),
+        (messages.encode(v2_card, v2_onnx, b"mean radius,label\n", KEY), "holdout"),
         (None, None),  # a tombstone: ignored, no event
     ]
-    for offset, (value, _) in enumerate(cases, start=1):
-        backend.handle(record(value, offset))
-        assert served(backend) == 1
-    rejected = [(e["source"]["offset"], e["reason"]) for e in backend.events.seen if e["event"] == "rejected"]
+    skew_before = rejections("skew")
+
+    async def scenario():
+        await f.recover([record(signed(model_repo, MODEL, 1), 0)])
+        for offset, (value, _) in enumerate(cases, start=1):
+            await f.handle(record(value, offset))
+            assert served(backend) == 1
+
+    asyncio.run(scenario())
+    rejected = [(e["source"]["offset"], e["reason"]) for e in events(backend) if e["event"] == "rejected"]
     assert rejected == [(i, reason) for i, (_, reason) in enumerate(cases, start=1) if reason]
-    assert "feature names" in next(e["detail"] for e in backend.events.seen if e["reason"] == "contract")
+    details = {e["reason"]: e["detail"] for e in events(backend) if e["event"] == "rejected"}
+    assert "feature names" in details["contract"]
+    assert "training/serving skew" in details["skew"] and "claims 0.900000" in details["skew"]
+    assert rejections("skew") == skew_before + 2

@@ -138,7 +138,7 @@ def test_a_refused_load_leaves_the_serving_versions_alone_and_is_counted(tmp_pat
             for f in (repo / "breast-cancer" / "2").iterdir():
                 (wrong / f.name).write_bytes(f.read_bytes())
             await reg.sync()
-            assert "the directory says 'breast-cancer' v7" in entry.statuses[7].error
+            assert "says 'breast-cancer' v7" in entry.statuses[7].error and entry.statuses[7].reason == "name"
             assert sorted(entry.versions) == [1, 2]
         finally:
             await reg.stop()
