@@ -123,6 +123,12 @@ affinity:
 {{- if has .Values.pattern (list "model-as-data" "stream-scoring") }}true{{ end -}}
 {{- end -}}
 
+{{/* Model messages signed with the release's key: model-as-data, and stream-scoring workers that
+follow the models topic (scoring.settings.follow_models). A publisher Job then publishes `model`. */}}
+{{- define "sp.followsModels" -}}
+{{- if or (eq .Values.pattern "model-as-data") (and (eq .Values.pattern "stream-scoring") .Values.scoring.settings.follow_models) }}true{{ end -}}
+{{- end -}}
+
 {{- define "sp.svcHost" -}}
 {{- $root := index . 0 -}}
 {{- printf "%s.%s.svc.%s" (include "sp.resourceName" (list $root (index . 1))) $root.Release.Namespace $root.Values.clusterDomain -}}
@@ -290,6 +296,9 @@ workloads:
 {{- end -}}
 {{- if eq $w.kind "scoring" -}}
 {{- $_ := set $s "bootstrap_servers" (include "sp.kafkaBootstrap" $root) -}}
+{{- if include "sp.followsModels" $root -}}
+{{- $_ := set $s "signing_key_file" (printf "%s/%s" (include "sp.signingKeyDir" $root) $v.modelSigning.key) -}}
+{{- end -}}
 {{- end -}}
 {{- if eq $w.kind "model-server" -}}
 {{- $_ := set $s "grpc_port" $v.modelServer.grpcPort -}}
