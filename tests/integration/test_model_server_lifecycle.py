@@ -187,6 +187,37 @@ def test_the_version_in_use_is_swapped_out_under_traffic_without_a_failed_reques
         assert loop.versions() == {"1", "2"} and loop.outcomes[-1] == (True, "2")
 
 
+def test_a_skewed_version_is_refused_while_the_served_one_keeps_answering(tmp_path, holdout, ref):
+    """The integration check in a running server: a real v2 whose holdout labels were altered is
+    scored through the server's input path at load, refused as skew (GetModelStatus and the TF
+    Serving REST status say so), and v1 keeps answering every request."""
+    repo = copy_repository(tmp_path / "repo", {MODEL: [1]})
+    row = holdout[1][:2].astype(np.float32)
+    staging = add_version(tmp_path / "staging", MODEL, 2)
+    header, *rows = (staging / "holdout.csv").read_text().splitlines()
+    rows = [",".join([*r.split(",")[:-1], str(1 - int(r.split(",")[-1]))]) if i < 5 else r
+            for i, r in enumerate(rows)]
+    (staging / "holdout.csv").write_text("\n".join([header, *rows]) + "\n")
+    with running_server(repo, tmp_path / "logs", poll_interval_s="0.1", version_policy="latest:1",
+                        batching="true") as server:
+        loops, close = _clients(server, ref, row)
+        try:
+            wait_until(lambda: all(len(lp.outcomes) > 20 for lp in loops), "traffic on v1")
+            staging.rename(repo / MODEL / "2")  # the whole release appears at once
+            wait_until(lambda: _states(server).get(2) == END, "v2 refused")
+            _more_traffic(loops, "traffic after the refusal")
+        finally:
+            close()
+        status = httpx.get(f"{server.rest}/v1/models/{MODEL}/versions/2").json()["model_version_status"][0]
+        metrics = httpx.get(f"{server.rest}/metrics").text
+    failures = [o for lp in loops for o in lp.outcomes if not o[0]]
+    assert failures == [], failures[:5]
+    assert all(lp.versions() == {"1"} for lp in loops)
+    assert status["state"] == "END" and "training/serving skew" in status["status"]["error_message"]
+    assert metric_value(metrics, "model_server_model_loads_total", model_name=MODEL, outcome="failed") == 1
+    assert "model version refused" in server.proc.log_path.read_text()
+
+
 # -- batching over the wire ---------------------------------------------------------------------
 
 

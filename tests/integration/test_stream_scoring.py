@@ -3,8 +3,11 @@ request gets a result (duplicates only by redelivery), malformed records land in
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -15,6 +18,7 @@ import onnxruntime as ort
 import orjson
 import pytest
 
+from services.kafka import messages, publisher
 from services.stack import promtool
 from services.stack.kafka_tools import json_values, read_topic, request_producer, send_requests
 from services.stack.process import ServiceProcess, free_port, http_ready
@@ -233,3 +237,136 @@ def test_a_broker_outage_loses_no_request(kafka_broker, start_service, topics, r
     results = results_by_id(bootstrap, topics["results"], set(expected))
     check_results(results, expected, reference)
     assert w.popen.poll() is None, "the worker died in the outage"
+
+
+# -- following the models topic ------------------------------------------------------------------
+
+
+def test_a_worker_following_the_models_topic_swaps_to_a_new_version_mid_stream(kafka_bootstrap_servers,
+                                                                              start_service, topics, model_repo,
+                                                                              holdout):
+    """A running worker with SCORING_FOLLOW_MODELS scores a stream; v2 is published meanwhile. The
+    worker takes it without a restart: every request gets exactly one result (none to the DLQ),
+    each equal to ONNX Runtime's output of the version it names, and per partition the results
+    switch from v1 to v2 once and stay there."""
+    bootstrap = kafka_bootstrap_servers
+    key = secrets.token_hex(32).encode()
+    models, events = f"models-{uuid.uuid4().hex[:8]}", f"model-events-{uuid.uuid4().hex[:8]}"
+    publisher.publish(bootstrap, MODEL, 1, key=key, topic=models)
+    proc = start_service(worker(bootstrap, topics, SCORING_FOLLOW_MODELS="true", SCORING_MODELS_TOPIC=models,
+                                SCORING_MODEL_EVENTS_TOPIC=events, SCORING_BATCH_MAX_SIZE="50",
+                                MODEL_SIGNING_KEY=key.decode()))
+    url = url_of(proc)
+    assert httpx.get(f"{url}/readyz", timeout=5).json()["model_version"] == 1
+
+    x32 = holdout[1].astype(np.float32)
+    n = len(x32)
+    ort_proba = {v: ort.InferenceSession(str(model_repo / MODEL / str(v) / "model.onnx")).run(None, {"input": x32})
+                 for v in (1, 2)}
+    sent: list[str] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        producer = request_producer(bootstrap)
+        try:
+            i = 0
+            while not stop.is_set():
+                chunk = [(f"f-{i + k}", [x32[(i + k) % n].tolist()]) for k in range(20)]
+                send_requests(producer, topics["requests"], chunk)
+                sent.extend(rid for rid, _ in chunk)
+                i += len(chunk)
+                stop.wait(0.02)
+        finally:
+            producer.close()
+
+    sender = threading.Thread(target=stream, daemon=True)
+    sender.start()
+    try:
+        for _ in range(600):  # results on v1 first
+            if metric(proc, "kafka_scoring_records_total", 'model_version="1",outcome="scored"') >= 200:
+                break
+            time.sleep(0.05)
+        published = publisher.publish(bootstrap, MODEL, 2, key=key, topic=models)
+        for _ in range(600):
+            if metric(proc, "kafka_scoring_records_total", 'model_version="2",outcome="scored"') >= 200:
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        sender.join(30)
+    want = set(sent)
+    assert len(want) == len(sent)
+
+    results = results_by_id(bootstrap, topics["results"], want)
+    missing = want - set(results)
+    assert not missing, f"{len(missing)} requests have no result, e.g. {sorted(missing)[:5]}"
+    assert not set(results) - want
+    assert read_topic(bootstrap, topics["dlq"]) == []
+    by_partition: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for rid, copies in results.items():
+        assert len(copies) == 1, f"{rid} scored {len(copies)} times"
+        r = copies[0]
+        row = int(rid.split("-")[1]) % n
+        assert r["model_name"] == MODEL and r["model_version"] in (1, 2)
+        labels, proba = ort_proba[r["model_version"]]
+        assert r["labels"] == [int(labels[row])], rid
+        np.testing.assert_allclose(r["probabilities"], proba[row : row + 1], atol=1e-6, err_msg=rid)
+        by_partition[r["source"]["partition"]].append((r["source"]["offset"], r["model_version"]))
+    versions = {v for rows in by_partition.values() for _, v in rows}
+    assert versions == {1, 2}
+    for partition, rows in by_partition.items():
+        in_order = [v for _, v in sorted(rows)]
+        first_v2 = in_order.index(2) if 2 in in_order else len(in_order)
+        assert set(in_order[first_v2:]) <= {2}, f"partition {partition}: a v1 result after a v2 one"
+
+    assert httpx.get(f"{url}/readyz", timeout=5).json()["model_version"] == 2
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    assert f'model_swaps_total{{model_name="{MODEL}",model_version="2"}} 1.0' in text
+    assert f'model_served_version{{model_name="{MODEL}"}} 2.0' in text
+    assert metric(proc, "kafka_scoring_errors_total", "") == 0
+    if promtool.path() is not None:
+        result = promtool.check_metrics(text)
+        assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    swapped = [e for e in json_values(read_topic(bootstrap, events, until=lambda rs: any(
+        orjson.loads(r.value)["event"] == "swapped" and orjson.loads(r.value)["model_version"] == 2 for r in rs)))
+        if e["event"] == "swapped"]
+    assert [(e["model_version"], e["from_version"], e["app"]) for e in swapped] == [(1, None, "scoring"),
+                                                                                    (2, 1, "scoring")]
+    assert swapped[1]["source"]["offset"] == published.offset
+
+
+def test_a_following_worker_refuses_a_skewed_version_and_keeps_scoring(kafka_bootstrap_servers, start_service,
+                                                                       topics, model_repo, reference):
+    """A version whose card claims an accuracy its holdout set does not give, scored through the
+    worker's own record path, is refused as skew; the worker keeps scoring with v1."""
+    bootstrap = kafka_bootstrap_servers
+    key = secrets.token_hex(32).encode()
+    models, events = f"models-{uuid.uuid4().hex[:8]}", f"model-events-{uuid.uuid4().hex[:8]}"
+    publisher.publish(bootstrap, MODEL, 1, key=key, topic=models)
+    proc = start_service(worker(bootstrap, topics, SCORING_FOLLOW_MODELS="true", SCORING_MODELS_TOPIC=models,
+                                SCORING_MODEL_EVENTS_TOPIC=events, MODEL_SIGNING_KEY=key.decode()))
+    d = model_repo / MODEL / "2"
+    card = json.loads((d / "model-card.json").read_text())
+    card["metrics"]["accuracy"] = 0.9
+    value = messages.encode(card, (d / "model.onnx").read_bytes(), (d / "holdout.csv").read_bytes(), key)
+    producer = publisher.make_producer(bootstrap)
+    try:
+        offset = publisher.send(producer, models, MODEL, value).offset
+    finally:
+        producer.close()
+    rejected = [e for e in json_values(read_topic(bootstrap, events, until=lambda rs: any(
+        orjson.loads(r.value)["event"] == "rejected" for r in rs))) if e["event"] == "rejected"]
+    assert [(e["reason"], e["model_version"], e["source"]["offset"]) for e in rejected] == [("skew", 2, offset)]
+    assert "training/serving skew" in rejected[0]["detail"]
+
+    x32, _, _ = reference
+    expected = {f"s-{i}": [i % len(x32)] for i in range(300)}
+    producer = request_producer(bootstrap)
+    try:
+        send_requests(producer, topics["requests"], [(rid, [x32[rows[0]].tolist()]) for rid, rows in expected.items()])
+    finally:
+        producer.close()
+    check_results(results_by_id(bootstrap, topics["results"], set(expected)), expected, reference)
+    text = httpx.get(f"{url_of(proc)}/metrics", timeout=5).text
+    assert f'model_rejections_total{{model_name="{MODEL}",model_version="2",reason="skew"}} 1.0' in text
+    assert httpx.get(f"{url_of(proc)}/readyz", timeout=5).json()["model_version"] == 1

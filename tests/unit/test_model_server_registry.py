@@ -192,3 +192,54 @@ def test_a_bad_config_file_keeps_the_previous_config(tmp_path):
             await reg.stop()
 
     run(scenario())
+
+
+def _flip_holdout_labels(version_dir: Path, n: int) -> None:
+    header, *rows = (version_dir / "holdout.csv").read_text().splitlines()
+    for i in range(n):
+        values = rows[i].split(",")
+        values[-1] = str(1 - int(values[-1]))
+        rows[i] = ",".join(values)
+    (version_dir / "holdout.csv").write_text("\n".join([header, *rows]) + "\n")
+
+
+def test_a_version_whose_holdout_disagrees_with_its_card_is_refused_as_skew(tmp_path):
+    """The integration check in the registry: real v2 artifacts, one with its holdout labels altered and
+    one with its card's accuracy altered, are scored through the server's own input path (contract and
+    batcher), refused as skew, and the serving version stays; a corrected copy is taken on the next scan."""
+    repo = copy_repository(tmp_path / "repo", {"breast-cancer": [1]})
+    (repo / "breast-cancer" / "config.yaml").write_text("version_policy: {latest: 1}\nbatching: {enabled: true}\n")
+    failed_before = loads("breast-cancer", "failed")
+
+    async def scenario():
+        reg = registry_for(repo)
+        await reg.start()
+        try:
+            entry = reg.model("breast-cancer")
+            _flip_holdout_labels(add_version(repo, "breast-cancer", 2), 4)  # no poller here: sync() scans
+            await reg.sync()
+            status = entry.statuses[2]
+            assert (status.state, status.reason) == (END, "skew") and "training/serving skew" in status.error
+            assert sorted(entry.versions) == [1] and reg.resolve("breast-cancer").version == 1
+            assert loads("breast-cancer", "failed") == failed_before + 1
+
+            # The card's claim altered instead (and the holdout set restored): refused the same way.
+            add_version(repo, "breast-cancer", 2)
+            card_path = repo / "breast-cancer" / "2" / "model-card.json"
+            card = json.loads(card_path.read_text())
+            card["metrics"]["accuracy"] = 0.99
+            card_path.write_text(json.dumps(card))
+            os.utime(card_path, ns=(3, 3))
+            await reg.sync()
+            assert entry.statuses[2].reason == "skew" and "claims 0.990000" in entry.statuses[2].error
+            assert sorted(entry.versions) == [1]
+
+            add_version(repo, "breast-cancer", 2)  # the real release: a new card, so a fresh try
+            os.utime(card_path, ns=(4, 4))
+            await reg.sync()
+            assert entry.statuses[2].state == AVAILABLE and reg.resolve("breast-cancer").version == 2
+            assert entry.statuses[1].state == END
+        finally:
+            await reg.stop()
+
+    run(scenario())
