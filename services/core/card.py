@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from services.core.errors import ArtifactError
 
@@ -28,12 +28,33 @@ class InputSpec(TensorSpec):
     feature_names: list[str]
 
 
+class FeatureBins(_Lenient):
+    """Training quantile bins of one feature, for drift (PSI): bin i holds values in
+    (edges[i-1], edges[i]]; the first and last bins are open-ended, so there is one more
+    proportion than edges."""
+
+    edges: list[float]
+    proportions: list[float]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeatureBins:
+        if len(self.proportions) != len(self.edges) + 1:
+            raise ValueError(f"bins: {len(self.edges)} edges need {len(self.edges) + 1} proportions")
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError("bins: edges must increase strictly")
+        if any(p < 0 for p in self.proportions) or abs(sum(self.proportions) - 1.0) > 1e-3:
+            raise ValueError("bins: proportions must be non-negative and sum to 1")
+        return self
+
+
 class FeatureStats(_Lenient):
     name: str
     min: float
     max: float
     mean: float
     std: float
+    bins: FeatureBins | None = None
+    """Absent in cards written before drift bins existed."""
 
 
 class ModelCard(_Lenient):
