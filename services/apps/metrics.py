@@ -1,4 +1,11 @@
-"""Prometheus metrics of the consuming application (all three shapes)."""
+"""Prometheus metrics of the consuming application (all three shapes): `app_*`.
+
+The streaming app also exposes the model lifecycle metrics of the models-topic follower it runs
+(`model_swaps_total`, `model_rejections_total{reason}`, `model_publish_to_swap_seconds`,
+`model_load_seconds`, `model_served_version`, ...). They are defined once, in
+services/kafka/metrics.py, because the scoring worker runs the same follower and reports the
+same names.
+"""
 
 from prometheus_client import Counter, Gauge, Histogram
 

@@ -8,18 +8,20 @@ Key: the model name. Value: one JSON object, schema 1:
       "model_name": "breast-cancer",
       "model_version": 2,                  # the version the message carried (null if unreadable)
       "sha256": "<hex>" | null,
-      "reason": "signature" | "checksum" | "name" | "contract" | "load" | "malformed" | null,
+      "reason": "malformed" | "signature" | "checksum" | "name" | "contract" | "load" | "holdout"
+                | "skew" | null,           # rejected: the refusal's error code
       "detail": "human-readable why" | null,
       "from_version": 1 | null,            # swapped: the version replaced
-      "seconds": 0.042 | null,             # loaded: verify+load+warm-up; swapped: publish-to-swap
+      "seconds": 0.042 | null,             # loaded: verify+load+check+warm-up; swapped: publish-to-swap
       "source": {"topic": "models", "partition": 0, "offset": 17},
       "instance": "host:pid",              # which app replica
-      "app": "streaming",
+      "app": "streaming" | "scoring",
       "ts": "2025-01-01T00:00:00.123Z"
     }
 
-`loaded`: the new version is loaded and warmed up, not yet serving. `swapped`: it now serves
-every new request. `rejected`: it will not be served; the previous version keeps serving.
+`loaded`: the new version is loaded, passed its integration check and is warmed up, not yet
+serving. `swapped`: it now serves every new request. `rejected`: it will not be served; the
+previous version keeps serving.
 `unchanged`: the message carried the version already served (same sha256), nothing to do.
 
 Emission goes through `BackgroundEmitter`, so an absent broker never stalls a swap; drops are

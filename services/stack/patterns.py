@@ -99,14 +99,25 @@ def model_as_data(model_name: str = "breast-cancer", version: int | None = None,
 
 def stream_scoring(model_name: str = "breast-cancer", version: int | None = None, workers: int = 2,
                    bootstrap_servers: str | None = None, **env: str) -> PatternStack:
-    """Kafka, then `workers` scoring workers in one consumer group (patterns/stream-scoring)."""
+    """Kafka, then `workers` scoring workers in one consumer group (patterns/stream-scoring).
+
+    With `SCORING_FOLLOW_MODELS=true` in `env` the workers follow the `models` topic: the model is
+    published there first (signed with the local stack's key), and `python -m services.stack
+    publish` swaps every worker to another version."""
     bootstrap, broker_extra = _local_broker(bootstrap_servers)
     procs, endpoints = [], {"kafka": bootstrap}
+    follow = env.get("SCORING_FOLLOW_MODELS", "").lower() == "true"
+    if follow:
+        key_file = ensure_key_file(SIGNING_KEY_FILE)
+        published = publish(bootstrap, model_name, version, key=load_signing_key(key_file))
+        env = {"MODEL_SIGNING_KEY_FILE": str(key_file), **env}
+        broker_extra = {**broker_extra, "published": published.describe(), "signing_key_file": str(key_file),
+                        "publish": f"python -m services.stack publish --model {model_name} --version N"}
     for i in range(workers):
         port = free_port()
         settings = {"SCORING_PORT": str(port), "SCORING_BOOTSTRAP_SERVERS": bootstrap,
                     "SCORING_MODEL_NAME": model_name, **env}
-        if version is not None:
+        if version is not None and not follow:
             settings["SCORING_MODEL_VERSION"] = str(version)
         procs.append(ServiceProcess(name=f"scoring-worker-{i}", argv=["-m", "services.kafka.scoring"], env=settings,
                                     ready=http_ready(f"http://127.0.0.1:{port}/readyz")))

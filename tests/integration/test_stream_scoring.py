@@ -158,6 +158,9 @@ def test_n_requests_in_n_results_out_and_malformed_to_the_dlq(kafka_bootstrap_se
     if promtool.path() is not None:
         result = promtool.check_metrics(text)
         assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    # SIGTERM: HTTP stops, the worker finishes its micro-batch and closes, the process exits 0.
+    assert proc.stop() == 0, proc.log_tail()
+    assert "scoring worker stopped" in proc.log_path.read_text()
 
 
 def test_two_workers_share_the_partitions_and_a_killed_one_loses_nothing(kafka_bootstrap_servers, start_service,
