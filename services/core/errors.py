@@ -27,6 +27,9 @@ from typing import Any
 
 import grpc
 
+# What a client sees of an unexpected failure, over HTTP and gRPC alike: never a trace or a class name.
+INTERNAL_MESSAGE = "internal error; see the server log"
+
 
 class ServingError(Exception):
     http_status: int = 500

@@ -30,6 +30,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
 from services.core.errors import (
+    INTERNAL_MESSAGE,
     ClientError,
     InvalidInput,
     NotFound,
@@ -42,7 +43,6 @@ from services.core.errors import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-INTERNAL_MESSAGE = "internal error; see the server log"
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: ServingError) -> NoReturn:

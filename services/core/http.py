@@ -26,11 +26,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from services.core.errors import InvalidInput, Overloaded, PayloadTooLarge, ServingError
+from services.core.errors import INTERNAL_MESSAGE, InvalidInput, Overloaded, PayloadTooLarge, ServingError
 from services.core.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
-INTERNAL_MESSAGE = "internal error; see the server log"
 # `_created` series double the exposition size and no dashboard here reads them.
 disable_created_metrics()
 _JSON = "application/json"
@@ -143,6 +142,14 @@ class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        try:
+            await super().startup(sockets)
+        except SystemExit:
+            # uvicorn calls sys.exit when its lifespan fails or its port is taken, which would end the
+            # process without draining the other servers or running the stop hooks: end serve() instead.
+            self.should_exit = True
 
 
 def serve(app: ASGIApp, settings: ServiceSettings, *, servers: Sequence[Server] = (),

@@ -196,13 +196,14 @@ def test_oversized_message_is_resource_exhausted(predict):
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_grpc_port_taken_stops_the_process_with_status_1(tmp_path):
+@pytest.mark.parametrize("which", ["grpc_port", "port"])
+def test_a_port_taken_stops_the_process_with_status_1(tmp_path, which):
     """services.core.http.serve: a server that cannot start stops the rest (models unloaded) and exits 1."""
     repo = copy_repository(tmp_path / "repo", {"wine": [1]})
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        server = server_process(repo, grpc_port=str(taken.getsockname()[1]))
+        server = server_process(repo, **{which: str(taken.getsockname()[1])})
         server.proc.start(tmp_path / "logs")
         try:
             status = server.proc.popen.wait(60)
@@ -210,4 +211,5 @@ def test_grpc_port_taken_stops_the_process_with_status_1(tmp_path):
             server.proc.stop()
     log = server.proc.log_path.read_text()
     assert status == 1, server.proc.log_tail()
-    assert "start-up failed" in log and "model server stopped" in log
+    assert ("start-up failed" if which == "grpc_port" else "HTTP server stopped unexpectedly") in log
+    assert "model server stopped" in log
