@@ -1,4 +1,5 @@
-"""The router: one KServe V2 (REST) and TF Serving (gRPC) front door routing each request to a model variant.
+"""The router: one front door (KServe V2 REST, TF Serving gRPC, Open Inference Protocol gRPC) routing
+each inference request to a model variant.
 
 Requests flow one way: codec -> dispatcher -> variant -> codec; decisions, metrics, mirrors and
 state leave to the side. One module per concern:
@@ -17,6 +18,7 @@ state leave to the side. One module per concern:
     grpc_upstream.py   gRPC channels to variants and reading an upstream's status
     rest.py            REST codec: the ASGI app, KServe V2 inference and metadata, health, metrics
     grpc_predict.py    gRPC codec: TF Serving PredictionService/Predict
+    grpc_oip.py        gRPC codec: Open Inference Protocol inference.GRPCInferenceService (KServe V2)
     grpc_front.py      the gRPC port (ROUTER_GRPC_PORT) hosting the gRPC codecs
     admin.py           operator API: bearer auth, feedback, reports, shadow summary, routing config
     service.py         the parts wired together, started and stopped

@@ -1,7 +1,10 @@
 """The router's gRPC port (ROUTER_GRPC_PORT): one server hosting every gRPC codec.
 
-Each codec registers its service as a bytes-in, bytes-out generic handler (no servicer base
-classes, no message parsing beyond what routing needs) and shares one set of upstream channels.
+    tensorflow.serving.PredictionService   grpc_predict.py (TF Serving API: Predict)
+    inference.GRPCInferenceService         grpc_oip.py (Open Inference Protocol / KServe V2 gRPC)
+
+Each codec registers its methods as bytes-in, bytes-out handlers (no message parsing beyond what
+routing needs) and shares one set of upstream channels.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import logging
 import grpc
 
 from services.router.dispatch import Dispatcher
+from services.router.grpc_oip import OipCodec
 from services.router.grpc_predict import PredictCodec
 from services.router.grpc_upstream import Channels
 
@@ -22,13 +26,16 @@ class GrpcFront:
         self.address = f"{host}:{port}"
         self.max_message_bytes = max_message_bytes
         self.channels = Channels(max_message_bytes)
-        self.codecs = [PredictCodec(dispatcher, self.channels)]
+        self.codecs = [PredictCodec(dispatcher, self.channels), OipCodec(dispatcher, self.channels)]
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", self.max_message_bytes),
                                                ("grpc.max_send_message_length", self.max_message_bytes)])
-        self.server.add_generic_rpc_handlers(tuple(codec.handler() for codec in self.codecs))
+        for codec in self.codecs:
+            handlers = codec.handlers()
+            self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(codec.service, handlers),))
+            self.server.add_registered_method_handlers(codec.service, handlers)
         self.server.add_insecure_port(self.address)
         await self.server.start()
         log.info("gRPC front listening", extra={"address": self.address})

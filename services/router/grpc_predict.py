@@ -87,14 +87,14 @@ class PredictUpstream:
 class PredictCodec:
     """The servicer: bytes in, bytes out, registered on the router's gRPC port (grpc_front)."""
 
+    service = SERVICE
+
     def __init__(self, dispatcher: Dispatcher, channels: Channels) -> None:
         self.dispatcher = dispatcher
         self.upstream = PredictUpstream(channels)
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            SERVICE, {"Predict": grpc.unary_unary_rpc_method_handler(self.predict)}
-        )
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        return {"Predict": grpc.unary_unary_rpc_method_handler(self.predict)}
 
     async def predict(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return await guard(context, lambda: self._predict(raw, context))

@@ -35,14 +35,13 @@ from services.core.http import metrics as metrics_endpoint
 from services.router import admin
 from services.router.dispatch import Dispatcher, Request
 from services.router.service import Router
+from services.router.settings import SERVER_NAME, SERVER_VERSION
 from services.router.shadow import Outputs
 from services.router.table import Variant
 from services.router.upstream import Response, UpstreamError
 
 log = logging.getLogger("services.router")
 
-SERVER_NAME = "serving-patterns-router"
-SERVER_VERSION = "0.1.0"
 _PREFIX = "/v2/models/"
 _SUFFIX = "/infer"
 _JSON = b"application/json"
@@ -242,16 +241,7 @@ async def _model_metadata(dispatcher: Dispatcher, model: str, version: str | Non
     """Metadata / readiness of the variant serving `version` (default: the fallback variant)."""
     table = dispatcher.table
     assert table is not None
-    if table.public_model is not None and model != table.public_model:
-        raise NotFound(f"model {model!r} is not routed here; this router serves {table.public_model!r}",
-                       field="model")
-    variant = table.fallback
-    if version is not None:
-        name = table.by_version.get(version)
-        if name is None:
-            raise NotFound(f"version {version!r} is not routed here; routed versions: {sorted(table.by_version)}",
-                           field="model_version")
-        variant = table.variants[name]
+    variant = table.metadata_variant(model, version)
     try:
         resp = await variant.pool.request(b"GET", variant.metadata_path(tail), timeout_s=variant.timeout_s)
     except UpstreamError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from services.core.errors import NotFound
 from services.router import metrics
 from services.router.config import RoutingConfig, VariantConfig
 from services.router.metrics import VariantMetrics
@@ -80,6 +81,20 @@ class RouteTable:
         """Requests no variant answered (refused before routing, or every attempt failed)."""
         self.request_seconds = metrics.REQUEST_SECONDS.labels(self.kind)
         self.failure_reward = config.feedback.failure_reward
+
+    def metadata_variant(self, model: str, version: str | None) -> Variant:
+        """The variant that answers metadata and readiness of `model` / `version` (default: the
+        fallback); NotFound when this router does not route that model or version."""
+        if self.public_model is not None and model != self.public_model:
+            raise NotFound(f"model {model!r} is not routed here; this router serves {self.public_model!r}",
+                           field="model")
+        if not version:
+            return self.fallback
+        name = self.by_version.get(version)
+        if name is None:
+            raise NotFound(f"version {version!r} is not routed here; routed versions: {sorted(self.by_version)}",
+                           field="model_version")
+        return self.variants[name]
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -595,3 +595,113 @@ def test_grpc_shadow_alone_is_compared_like_rest(servers, rows, start_router) ->
     assert over_grpc["compared_rows"] == over_rest["compared_rows"] == 40
     assert over_grpc["label_agreement_rate"] == over_rest["label_agreement_rate"]
     assert over_grpc["mean_abs_prob_diff"] == pytest.approx(over_rest["mean_abs_prob_diff"], abs=1e-6)
+
+
+# -- Open Inference Protocol gRPC (tritonclient, unchanged) ------------------------------------------------
+
+
+def triton_input(rows: list[list[float]]) -> Any:
+    import numpy as np
+    import tritonclient.grpc as triton
+
+    arr = np.asarray(rows, dtype=np.float32)
+    tensor = triton.InferInput("input", list(arr.shape), "FP32")
+    tensor.set_data_from_numpy(arr)
+    return tensor
+
+
+def triton_error(call: Callable[[], Any]) -> Any:
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException) as err:
+        call()
+    return err.value
+
+
+def test_oip_grpc_answers_equal_the_model_servers(servers, rows, start_router) -> None:
+    import numpy as np
+    import tritonclient.grpc as triton
+
+    from services.stack.process import free_port
+
+    port = free_port()
+    router = start_router(with_grpc(servers, routing(servers)), ROUTER_GRPC_PORT=str(port))
+    batch = [row for row, _ in rows[:50]]
+    with (triton.InferenceServerClient(f"127.0.0.1:{port}") as via,
+          triton.InferenceServerClient(servers["stable-grpc"]) as stable,
+          triton.InferenceServerClient(servers["candidate-grpc"]) as candidate):
+        assert via.is_server_live() and via.is_server_ready()
+        assert via.get_server_metadata().name == "serving-patterns-router"
+        assert via.is_model_ready("breast-cancer") and via.is_model_ready("breast-cancer", "2")
+        # metadata of the variant serving the version; without one, of the fallback (stable, v1)
+        assert via.get_model_metadata("breast-cancer") == stable.get_model_metadata("breast-cancer", "1")
+        assert via.get_model_metadata("breast-cancer", "2") == candidate.get_model_metadata("breast-cancer", "2")
+        for variant, direct, version in (("stable", stable, "1"), ("candidate", candidate, "2")):
+            routed = via.infer("breast-cancer", [triton_input(batch)], headers={"x-variant": variant},
+                               request_id=f"oip-{variant}")
+            want = direct.infer("breast-cancer", [triton_input(batch)], model_version=version)
+            response = routed.get_response()
+            assert (response.model_name, response.model_version, response.id) == ("breast-cancer", version,
+                                                                                  f"oip-{variant}")
+            assert np.array_equal(routed.as_numpy("label"), want.as_numpy("label"))
+            assert np.array_equal(routed.as_numpy("probabilities"), want.as_numpy("probabilities"))
+            pinned = via.infer("breast-cancer", [triton_input(batch[:3])], model_version=version)
+            assert pinned.get_response().model_version == version  # a version pins the variant serving it
+        versions = {via.infer("breast-cancer", [triton_input([row])], headers={"x-user-id": f"u{i}"})
+                    .get_response().model_version for i, row in enumerate(batch)}
+        assert versions == {"1", "2"}  # the canary policy splits OIP traffic too
+        cases = [
+            (lambda: via.infer("wine", [triton_input(batch[:1])]), "StatusCode.NOT_FOUND", "not routed here"),
+            (lambda: via.infer("breast-cancer", [triton_input(batch[:1])], model_version="7"),
+             "StatusCode.NOT_FOUND", "version '7' is not routed here"),
+            (lambda: via.infer("breast-cancer", [triton_input(batch[:1])], headers={"x-variant": "ghost"}),
+             "StatusCode.INVALID_ARGUMENT", "unknown variant 'ghost'"),
+            (lambda: via.infer("breast-cancer", [triton_input([[1.0] * 29])], headers={"x-variant": "candidate"}),
+             "StatusCode.INVALID_ARGUMENT", "30"),
+            (lambda: via.infer("breast-cancer", [triton_input([batch[i % 50] for i in range(257)])],
+                               headers={"x-variant": "candidate"}), "StatusCode.RESOURCE_EXHAUSTED", "256"),
+            (lambda: via.is_model_ready("wine"), "StatusCode.NOT_FOUND", "not routed here"),
+            (lambda: via.get_model_metadata("breast-cancer", "9"), "StatusCode.NOT_FOUND", "not routed here"),
+        ]
+        for call, status, text in cases:
+            err = triton_error(call)
+            assert err.status() == status and text in err.message(), (status, err)
+    with router.client() as client:
+        health = client.get("/policy").json()["variants"]["candidate"]
+    assert health["ejected"] is False and health["consecutive_failures"] == 0  # client errors never eject
+
+
+def test_oip_grpc_metadata_and_shadow(servers, rows, start_router) -> None:
+    import grpc
+    import tritonclient.grpc as triton
+
+    from services.protocols.oip import open_inference_pb2 as pb
+    from services.router.grpc_oip import MODEL_INFER
+    from services.stack.process import free_port
+
+    cfg = with_grpc(servers, routing(servers, kind="shadow", params={"primary": "stable", "shadows": ["candidate"]}))
+    port = free_port()
+    router = start_router(cfg, ROUTER_GRPC_PORT=str(port))
+    n = 40
+    with triton.InferenceServerClient(f"127.0.0.1:{port}") as via:
+        for row, _ in rows[:n]:
+            assert via.infer("breast-cancer", [triton_input([row])]).get_response().model_version == "1"
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary(MODEL_INFER, request_serializer=pb.ModelInferRequest.SerializeToString,
+                                    response_deserializer=pb.ModelInferResponse.FromString)
+        request = pb.ModelInferRequest(model_name="breast-cancer", inputs=[
+            pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 30],
+                                                  contents=pb.InferTensorContents(fp32_contents=rows[0][0]))])
+        _, call = infer.with_call(request, metadata=(("x-request-id", "oip-meta"),), timeout=10)
+        initial = dict(call.initial_metadata())
+        assert (initial["x-request-id"], initial["x-variant"], initial["x-model-version"]) == (
+            "oip-meta", "stable", "breast-cancer:1")
+        with pytest.raises(grpc.RpcError) as err:  # bytes that are no ModelInferRequest
+            channel.unary_unary(MODEL_INFER)(b"\xff\xff\xff", timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ModelInferRequest" in err.value.details()
+    with router.client() as client:
+        poll(lambda: client.get("/shadow/summary").json()["shadows"].get("candidate", {}).get("compared_requests")
+             == n + 1, "every mirror to be compared")
+        s = client.get("/shadow/summary").json()["shadows"]["candidate"]
+    assert s["mirrored"] == n + 1 and s["error_count"] == 0 and s["incomparable"] == 0
+    assert s["label_agreement_rate"] > 0.85 and 0 < s["mean_abs_prob_diff"] < 0.5
