@@ -137,13 +137,14 @@ DRIFT_BINS = 10
 def _quantile_bins(column: np.ndarray, n_bins: int = DRIFT_BINS) -> dict:
     """Training quantile bins of one feature, for drift (PSI) against live inputs.
 
-    Interior edges at the deciles of the float32 values the model sees (repeated quantiles of
-    discrete features merge, an edge at the maximum is dropped); bin i holds (edges[i-1],
-    edges[i]], the outer bins are open-ended. Must match `services/supervisor/drift.py`
-    (`quantile_edges`, `bin_counts`); a unit test holds them together.
+    Interior edges at the deciles of the float32 values the model sees, taken as data values
+    (inverted CDF, so a discrete feature's repeated quantiles merge and it gets fewer bins; an
+    edge at the maximum is dropped); bin i holds (edges[i-1], edges[i]], the outer bins are
+    open-ended. Must match `services/supervisor/drift.py` (`quantile_edges`, `bin_counts`); a
+    unit test holds them together.
     """
     x = column.astype(np.float32).astype(np.float64)
-    cuts = np.quantile(x, np.arange(1, n_bins) / n_bins)
+    cuts = np.quantile(x, np.arange(1, n_bins) / n_bins, method="inverted_cdf")
     edges = [e for e in sorted({float(np.float32(c)) for c in cuts}) if e < float(x.max())]
     counts = np.bincount(np.searchsorted(np.asarray(edges), x, side="left"), minlength=len(edges) + 1)
     return {"edges": edges, "proportions": [round(float(c) / len(x), 6) for c in counts]}

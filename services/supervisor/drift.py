@@ -1,7 +1,8 @@
 """Input drift: live feature distributions against the training distribution on the model card.
 
 **Bins.** ``models/train.py`` cuts every feature of the training set at its deciles (quantile
-bins; repeated quantiles of discrete features merge, so a feature may have fewer bins) and
+bins at data values; repeated quantiles of discrete features merge, so a feature may have fewer
+bins) and
 writes the interior edges and the training share of each bin into ``model-card.json``
 (``features[i].bins``). Bin ``i`` holds values in ``(edges[i-1], edges[i]]``; the first and the
 last bins are open-ended, so live values beyond the training range still land somewhere —
@@ -58,7 +59,8 @@ Level = Literal["ok", "warn", "block"]
 
 
 def quantile_edges(values: np.ndarray, n_bins: int = DEFAULT_BINS) -> list[float]:
-    """Interior edges of ``n_bins`` quantile bins of ``values`` (repeated quantiles merged).
+    """Interior edges of ``n_bins`` quantile bins of ``values`` (repeated quantiles merged, an
+    edge at the maximum dropped).
 
     Values are taken as float32 — what the model sees — and edges are float32 values written
     as floats, so they survive JSON exactly.
@@ -68,7 +70,9 @@ def quantile_edges(values: np.ndarray, n_bins: int = DEFAULT_BINS) -> list[float
     x = np.asarray(values, dtype=np.float32).astype(np.float64)
     if x.size == 0:
         raise ValueError("values: empty")
-    cuts = np.quantile(x, np.arange(1, n_bins) / n_bins)
+    # Data values as edges (inverted CDF), not interpolations between them: a discrete feature's
+    # repeated quantiles then merge into fewer, meaningful bins.
+    cuts = np.quantile(x, np.arange(1, n_bins) / n_bins, method="inverted_cdf")
     edges = sorted({float(np.float32(c)) for c in cuts})
     # An edge at the maximum would leave the last bin empty by construction.
     return [e for e in edges if e < float(x.max())]

@@ -397,6 +397,9 @@ def window_between(before: VariantSnapshot, after: VariantSnapshot, observed_at:
             base, problem=f"{after.variant} changed model version from {before.version} to {after.version}"
         )
     try:
+        # The core counters first: the reason names the most telling one.
+        requests = _diff(after.requests, before.requests, "requests")
+        errors = _diff(after.errors, before.errors, "errors")
         latency = None
         if before.latency is not None and after.latency is not None:
             latency = after.latency.minus(before.latency)
@@ -436,8 +439,8 @@ def window_between(before: VariantSnapshot, after: VariantSnapshot, observed_at:
                 raise _Reset(f"predicted label counters disappeared: {sorted(gone)}")
         return replace(
             base,
-            requests=_diff(after.requests, before.requests, "requests"),
-            errors=_diff(after.errors, before.errors, "errors"),
+            requests=requests,
+            errors=errors,
             latency=latency,
             feedback=feedback,
             rewards=rewards,
