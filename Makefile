@@ -116,3 +116,16 @@ lint: setup
 
 clean:
 	rm -rf .run models/repository
+
+# A real single-node Kubernetes cluster (services/stack/cluster/README.md). Needs root.
+# cluster-build: Debian packages + Go binaries + images, once, into ~/.cache/serving-patterns/cluster
+# (cold: ~15-25 min on 2 cores; then seconds). cluster-up prints `export KUBECONFIG=...`.
+.PHONY: cluster-build cluster-up cluster-down
+cluster-build: setup
+	@$(PY) -m services.stack.cluster build
+
+cluster-up: setup cluster-build
+	@$(PY) -m services.stack.cluster up
+
+cluster-down: setup
+	@$(PY) -m services.stack.cluster down
