@@ -18,7 +18,6 @@ leave through `services.core.http.error_response`.
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,7 +29,7 @@ from starlette.responses import Response as HttpResponse
 from starlette.routing import Route
 
 from services.core.errors import InvalidInput, NotFound, ServingError, Unavailable
-from services.core.http import EXCEPTION_HANDLERS, error_response, json_response, receive_body
+from services.core.http import EXCEPTION_HANDLERS, error_response, exception_response, json_response, receive_body
 from services.core.http import metrics as metrics_endpoint
 from services.router import admin
 from services.router.dispatch import Dispatcher, Request
@@ -39,8 +38,6 @@ from services.router.settings import SERVER_NAME, SERVER_VERSION
 from services.router.shadow import Outputs
 from services.router.table import Variant
 from services.router.upstream import Response, UpstreamError
-
-log = logging.getLogger("services.router")
 
 _PREFIX = "/v2/models/"
 _SUFFIX = "/infer"
@@ -203,11 +200,9 @@ def build_app(router: Router) -> Any:
                 if target is not None and scope["method"] == "POST":
                     try:
                         await infer(scope, receive, send, target[0], target[1])
-                    except Exception:  # never a stack trace to the client
-                        log.exception("unhandled error on the inference path", extra={"path": path})
+                    except Exception as exc:  # logged; never a stack trace to the client
                         with contextlib.suppress(Exception):  # the response may have started already
-                            await error_response(ServingError("internal error; see the router log"))(
-                                scope, receive, send)
+                            await exception_response(exc, path)(scope, receive, send)
                     return
         await starlette(scope, receive, send)
 

@@ -13,8 +13,6 @@ from .ab_test import ABTestParams, ABTestPolicy
 from .base import (
     Decision,
     InvalidRewardError,
-    PolicyConfigError,
-    PolicyParams,
     PolicyStateError,
     Reason,
     RouteRequest,
@@ -23,6 +21,7 @@ from .base import (
 )
 from .canary import CanaryParams, CanaryPolicy
 from .epsilon_greedy import EpsilonGreedyParams, EpsilonGreedyPolicy
+from .params import PolicyConfigError, PolicyParams
 from .shadow import ShadowParams, ShadowPolicy
 from .thompson import ThompsonParams, ThompsonPolicy
 from .ucb1 import UCB1Params, UCB1Policy

@@ -8,19 +8,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, model_validator
 
-from .base import (
-    Decision,
-    InvalidRewardError,
-    PolicyConfigError,
-    PolicyParams,
-    PolicyStateError,
-    Reason,
-    RouteRequest,
-    RoutingPolicy,
-    context_variants,
-    parse_params,
-)
+from .base import Decision, InvalidRewardError, PolicyStateError, Reason, RouteRequest, RoutingPolicy
 from .hashing import Weight, WeightedRendezvous, check_weights
+from .params import PolicyConfigError, PolicyParams, context_variants, parse_params
 from .stats import ab_verdict, compare_proportions, msprt_p_value
 
 

@@ -8,18 +8,9 @@ from typing import Any
 
 from pydantic import ValidationInfo, model_validator
 
-from .base import (
-    Decision,
-    PolicyConfigError,
-    PolicyParams,
-    PolicyStateError,
-    Reason,
-    RouteRequest,
-    RoutingPolicy,
-    context_variants,
-    parse_params,
-)
+from .base import Decision, PolicyStateError, Reason, RouteRequest, RoutingPolicy
 from .hashing import Weight, WeightedRendezvous, check_weights
+from .params import PolicyConfigError, PolicyParams, context_variants, parse_params
 
 
 class CanaryParams(PolicyParams):

@@ -9,7 +9,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from .bandit import BanditPolicy
-from .base import PolicyConfigError, PolicyParams, Reason, parse_params
+from .base import Reason
+from .params import PolicyConfigError, PolicyParams, parse_params
 
 
 class EpsilonGreedyParams(PolicyParams):

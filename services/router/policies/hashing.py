@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from .base import PolicyConfigError
+from .params import PolicyConfigError
 
 #: A traffic weight as it appears in the routing config.
 Weight = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]

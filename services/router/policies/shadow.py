@@ -7,16 +7,8 @@ from typing import Any
 
 from pydantic import ValidationInfo, model_validator
 
-from .base import (
-    Decision,
-    PolicyConfigError,
-    PolicyParams,
-    Reason,
-    RouteRequest,
-    RoutingPolicy,
-    context_variants,
-    parse_params,
-)
+from .base import Decision, Reason, RouteRequest, RoutingPolicy
+from .params import PolicyConfigError, PolicyParams, context_variants, parse_params
 
 
 class ShadowParams(PolicyParams):
@@ -54,7 +46,7 @@ class ShadowPolicy(RoutingPolicy):
     The policy itself is trivial — ``choose`` returns the primary (reason ``primary``), or the
     override variant if a request names one (to reach a candidate directly for debugging).
     The interesting part lives in the router: for each request it sends a fire-and-forget copy
-    to every variant in :attr:`shadows`, off the response path, and compares outputs and
+    to every variant in :attr:`mirrors`, off the response path, and compares outputs and
     latency. The policy only tells it where to mirror. It keeps no state besides its config.
     """
 
@@ -80,12 +72,8 @@ class ShadowPolicy(RoutingPolicy):
         return self._primary
 
     @property
-    def shadows(self) -> list[str]:
-        """Variants the router mirrors each request to (a fresh list; safe to modify)."""
-        return list(self._shadows)
-
-    @property
     def mirrors(self) -> tuple[str, ...]:
+        """The shadows: variants the router mirrors each answered request to."""
         return self._shadows
 
     def choose(self, request: RouteRequest) -> Decision:

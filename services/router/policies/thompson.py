@@ -10,7 +10,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from .bandit import BanditPolicy
-from .base import InvalidRewardError, PolicyConfigError, PolicyParams, parse_params
+from .base import InvalidRewardError
+from .params import PolicyConfigError, PolicyParams, parse_params
 
 _BERNOULLI_ONLY = ("prior_alpha", "prior_beta")
 _GAUSSIAN_ONLY = ("prior_mean", "prior_strength", "prior_shape", "prior_scale")

@@ -10,7 +10,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from .bandit import BanditPolicy
-from .base import InvalidRewardError, PolicyConfigError, PolicyParams, parse_params
+from .base import InvalidRewardError
+from .params import PolicyConfigError, PolicyParams, parse_params
 
 
 class UCB1Params(PolicyParams):

@@ -54,6 +54,45 @@ def test_every_policy_honours_the_interface(kind: str) -> None:
         fresh.load_state({"kind": kind, "version": 999})
 
 
+LEARNS = {"ab", "epsilon_greedy", "ucb1", "thompson"}
+
+
+@pytest.mark.parametrize("kind", sorted(MINIMAL_PARAMS))
+def test_what_the_router_asks_of_a_policy(kind: str) -> None:
+    policy = build_policy(kind, ["a", "b"], MINIMAL_PARAMS[kind], rng_seed=0)
+    assert policy.takes_feedback is (kind in LEARNS)
+    assert policy.carries_state is (kind in LEARNS)  # canary weights and shadow roles come from the config
+    assert policy.mirrors == (("b",) if kind == "shadow" else ())
+    assert isinstance(policy.report(), dict)
+    scored = policy.on_failure("a", 0.0)
+    assert scored is (kind in LEARNS - {"ab"})  # bandits score the failure reward; A/B and others ignore it
+    assert policy.on_failure("a", None) is False  # no failure reward configured: nothing learned
+    json.dumps(policy.report(), allow_nan=False)
+
+
+def test_bandit_carry_over_drops_removed_arms_and_starts_new_ones_fresh() -> None:
+    old = build_policy("ucb1", ["a", "b", "c"], {}, rng_seed=0)
+    for variant, reward in (("a", 1), ("b", 0), ("c", 1)):
+        old.choose(RouteRequest("r", override=variant))
+        old.on_reward(variant, reward)
+    new = build_policy("ucb1", ["a", "d"], {}, rng_seed=0)
+    new.carry_over(old.state())
+    arms = new.state()["arms"]
+    assert arms["a"]["rewards"] == 1 and arms["d"]["rewards"] == 0 and set(arms) == {"a", "d"}
+    with pytest.raises(PolicyStateError):
+        new.load_state(old.state())  # a plain restore refuses unknown arms; carry_over drops them
+
+
+def test_ab_carry_over_needs_the_same_arms() -> None:
+    old = build_policy("ab", ["a", "b"], {}, rng_seed=0)
+    old.choose(RouteRequest("r", key="u1"))
+    same = build_policy("ab", ["a", "b"], {"min_samples": 5}, rng_seed=0)
+    same.carry_over(old.state())
+    assert same.state()["arms"] == old.state()["arms"]
+    with pytest.raises(PolicyStateError, match="the experiment starts fresh"):
+        build_policy("ab", ["a", "c"], {}, rng_seed=0).carry_over(old.state())
+
+
 @pytest.mark.parametrize("kind", sorted(MINIMAL_PARAMS))
 def test_every_param_is_documented(kind: str) -> None:
     # The YAML routing config embeds these models; their field docstrings are its documentation.
@@ -93,15 +132,13 @@ def test_config_error_is_a_value_error() -> None:
         build_policy("canary", ["a"], {"weights": {"a": -1}})
 
 
-def test_shadow_routes_to_primary_and_exposes_shadows() -> None:
+def test_shadow_routes_to_primary_and_exposes_its_mirrors() -> None:
     policy = build_policy("shadow", ["stable", "candidate-1", "candidate-2"], {})
     assert isinstance(policy, ShadowPolicy)
     assert policy.primary == "stable"
-    assert policy.shadows == ["candidate-1", "candidate-2"]
+    assert policy.mirrors == ("candidate-1", "candidate-2")
     for i in range(100):
         decision = policy.choose(RouteRequest(str(i), key=f"user-{i}"))
         assert (decision.variant, decision.reason) == ("stable", "primary")
     explicit = ShadowPolicy(["a", "b", "c"], {"primary": "b", "shadows": ["c"]})
-    assert (explicit.primary, explicit.shadows) == ("b", ["c"])
-    explicit.shadows.append("a")  # a copy: the policy's list cannot be changed from outside
-    assert explicit.shadows == ["c"]
+    assert (explicit.primary, explicit.mirrors) == ("b", ("c",))  # a tuple: not changeable from outside
