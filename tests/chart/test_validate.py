@@ -4,8 +4,9 @@
 Kubernetes version it bundles. It has no schemas for custom resources: HTTPRoute (Gateway API),
 VirtualService and DestinationRule (Istio) and ServiceMonitor (Prometheus Operator) are skipped
 by it (SchemaNotFoundError), and this test checks that those four kinds, and only those, are the
-ones skipped (test_crds.py validates the first three against their CRDs' schemas). It also does not catch what only an API server refuses (invalid names or ports, a
-removed API version is only a warning): the real-cluster test (helm 4 server-side apply) will.
+ones skipped (test_crds.py validates the first three against their CRDs' schemas). It also does
+not catch what only an API server refuses (invalid names or ports; a removed API version is only
+a warning): the real-cluster test (helm 4 server-side apply) will.
 """
 
 from __future__ import annotations
