@@ -31,7 +31,6 @@ from typing import Any, Protocol
 
 from services.core.errors import InvalidInput, NotFound, ServingError
 from services.router import metrics
-from services.router.config import RoutingConfig
 from services.router.ejection import OutlierDetector
 from services.router.errors import BadGateway
 from services.router.feedback import PendingStore
@@ -104,7 +103,7 @@ class Dispatcher:
 
     def install(self, table: RouteTable) -> None:
         """Make `table` the one in force; reconfigure the detector, feedback table and mirror."""
-        config: RoutingConfig = table.config
+        config = table.config
         od, fb, sh = config.outlier_detection, config.feedback, config.shadow
         self.detector.reconfigure(consecutive_failures=od.consecutive_failures, base_ejection_s=od.base_ejection_s,
                                   max_ejection_s=od.max_ejection_s, enabled=od.enabled)
