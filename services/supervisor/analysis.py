@@ -21,8 +21,10 @@ One check, in order:
 6. **Sequential test rejected** -> roll back at once, whatever step.
 7. **A rule failed** (on_fail: rollback) -> one more failed check; at ``failure_limit`` roll
    back, else hold. A failed rule with on_fail: block holds (promotion blocked).
-8. **Inconclusive** -> hold, or pause (``on_inconclusive``); after ``max_inconclusive``
-   inconclusive checks in a row a holding rollout pauses and says so, rather than wait silently.
+8. **Inconclusive** while the step still bakes -> hold (gathering samples is expected). After
+   the bake time, or at once when the interval itself is unusable (step 4) -> hold, or pause
+   (``on_inconclusive``); after ``max_inconclusive`` such checks in a row a holding rollout
+   pauses and says so, rather than wait silently.
 9. **Everything passed**: before ``bake_s`` at this step, hold; then the next step — the step
    before 100 passes into **promote** (weight exactly 100, the candidate becomes the stable);
    a shadow graduates to a canary at the first step; an A/B test with ``conclude`` ends on a
@@ -57,6 +59,15 @@ class Evaluation:
 
 def _pct(weight: float | None) -> str:
     return "n/a" if weight is None else f"{weight:g}%"
+
+
+def _where(spec: RolloutSpec, state: RolloutState) -> str:
+    """Where the rollout stands, for explanations: '25%', 'the shadow stage', 'the A/B split'."""
+    if state.mode == "shadow" and state.phase not in ("promoted", "rolled_back"):
+        return "the shadow stage (mirrored traffic, 0%)"
+    if state.mode == "ab-test" and state.phase == "running":
+        return "the A/B split"
+    return _pct(candidate_weight(spec, state))
 
 
 def candidate_weight(spec: RolloutSpec, state: RolloutState) -> float | None:
@@ -173,7 +184,7 @@ def evaluate(spec: RolloutSpec, state: RolloutState | None, evidence: Evidence, 
     if rejected:
         first = rejected[0]
         text = (
-            f"Rolling back to 0% from {_pct(candidate_weight(spec, state))}: the sequential test on "
+            f"Rolling back to 0% from {_where(spec, state)}: the sequential test on "
             f"{first.test.replace('_', ' ')} rejected — {first.reason}. The test is valid under continuous "
             "monitoring, so this is not a multiple-looks artefact."
         )
@@ -188,12 +199,12 @@ def evaluate(spec: RolloutSpec, state: RolloutState | None, evidence: Evidence, 
         evidence_text = "; ".join(f"{r.rule}: {r.reason}" for r in failed)
         if state.failures >= spec.failure_limit:
             text = (
-                f"Rolling back to 0% from {_pct(candidate_weight(spec, state))}: failed check {state.failures} of "
+                f"Rolling back to 0% from {_where(spec, state)}: failed check {state.failures} of "
                 f"{spec.failure_limit} allowed — {evidence_text}."
             )
             return _rollback(spec, state, now, results, seq, text)
         text = (
-            f"Holding at {_pct(candidate_weight(spec, state))}: failed check {state.failures} of "
+            f"Holding at {_where(spec, state)}: failed check {state.failures} of "
             f"{spec.failure_limit} allowed (rollback at {spec.failure_limit}) — {evidence_text}."
         )
         return _finish(spec, state, now, "fail", Action("hold"), text, results, seq)
@@ -201,14 +212,25 @@ def evaluate(spec: RolloutSpec, state: RolloutState | None, evidence: Evidence, 
     blocked = [r for r in results if r.verdict == FAIL]
     if blocked:
         state = replace(state, inconclusive_streak=0)
-        text = f"Holding at {_pct(candidate_weight(spec, state))}, promotion blocked — " + "; ".join(
+        text = f"Holding at {_where(spec, state)}, promotion blocked — " + "; ".join(
             f"{r.rule}: {r.reason}" for r in blocked
         ) + "."
         return _finish(spec, state, now, "blocked", Action("hold"), text, results, seq)
 
     unsure = [r for r in results if r.verdict == INCONCLUSIVE]
     if unsure:
-        return _on_inconclusive(spec, state, now, results, seq, [f"{r.rule}: {r.reason}" for r in unsure])
+        reasons = [f"{r.rule}: {r.reason}" for r in unsure]
+        elapsed = now - state.step_started_at
+        if elapsed < spec.bake_s:
+            # Gathering samples while the step bakes is expected, not an anomaly: hold quietly;
+            # on_inconclusive and max_inconclusive apply once the bake time is over.
+            text = (
+                f"Holding at {_where(spec, state)}: baking {elapsed:.0f} of {spec.bake_s:.0f} s; not conclusive yet — "
+                f"{'; '.join(reasons)}. Nothing is promoted on missing or insufficient data."
+            )
+            action = Action("pause" if state.phase == "paused" else "hold")
+            return _finish(spec, state, now, "inconclusive", action, text, results, seq)
+        return _on_inconclusive(spec, state, now, results, seq, reasons)
 
     state = replace(state, inconclusive_streak=0)
     return _all_passed(spec, state, now, results, seq, winner)
@@ -291,7 +313,7 @@ def _ab_winner(results: list[RuleResult]) -> str | None:
 def _on_inconclusive(spec: RolloutSpec, state: RolloutState, now: float, results: list[RuleResult],
                      seq: list[SequentialResult], reasons: list[str]) -> Evaluation:
     state = replace(state, inconclusive_streak=state.inconclusive_streak + 1)
-    where = _pct(candidate_weight(spec, state))
+    where = _where(spec, state)
     why = "; ".join(reasons)
     if state.phase == "paused":
         text = f"Paused at {where}; still inconclusive — {why}. Waiting for resume()."
@@ -323,7 +345,7 @@ def _all_passed(spec: RolloutSpec, state: RolloutState, now: float, results: lis
             return _conclude(spec, state, now, results, seq, spec.candidate)
         text = f"Experiment running: every rule passes ({names}); no significant winner to conclude on yet.{note}"
         return _finish(spec, state, now, "pass", Action("hold"), text, results, seq)
-    where = _pct(candidate_weight(spec, state))
+    where = _where(spec, state)
     elapsed = now - state.step_started_at
     if elapsed < spec.bake_s:
         text = f"Holding at {where}: every rule passes ({names}); baking {elapsed:.0f} of {spec.bake_s:.0f} s.{note}"
@@ -361,7 +383,7 @@ def _all_passed(spec: RolloutSpec, state: RolloutState, now: float, results: lis
 def _rollback(spec: RolloutSpec, state: RolloutState, now: float, results: list[RuleResult],
               seq: list[SequentialResult], text: str) -> Evaluation:
     nxt = replace(state, phase="rolled_back", window=None).with_history(
-        f"{now:.0f} rolled back v{state.candidate_version} from {_pct(candidate_weight(spec, state))}"
+        f"{now:.0f} rolled back v{state.candidate_version} from {_where(spec, state)}"
     )
     action = Action("rollback", candidate_weight=0.0, weights=_weights(spec, 0.0),
                     policy="canary" if state.mode != "ab-test" else None, new_stable=spec.stable)
@@ -386,7 +408,7 @@ def _restart(spec: RolloutSpec, state: RolloutState, evidence: Evidence, now: fl
         reason = f"the rollout kind changed from {state.kind} to {spec.kind}"
     else:
         reason = f"the candidate changed from v{state.candidate_version} to v{version} mid-rollout"
-    before = _pct(candidate_weight(spec, state))
+    before = _where(spec, state)
     fresh = _fresh_state(spec, version, now, state.restarts + 1, _window_end(evidence), state.history)
     fresh = replace(fresh, checks=state.checks + 1)
     action = _first_action(spec, "restart")

@@ -19,10 +19,10 @@ What each rule measures (``threshold`` is the rule's tolerance, see ``spec.py``)
 ================  ==============================================  ===============================
 rule              candidate vs stable                             test (statistic, p-value)
 ================  ==============================================  ===============================
-error_rate        errors / requests, increase                     one-sided Fisher exact
+error_rate        errors / requests, increase                     one-sided z-test against the margin
 latency_p99       p99 latency, ratio (plus an absolute slack)     none: the ratio
-accuracy          correct / labelled feedback, drop               one-sided Fisher exact
-reward            mean reward, drop                               one-sided Welch t-test
+accuracy          correct / labelled feedback, drop               one-sided z-test against the margin
+reward            mean reward, drop                               one-sided Welch t-test, margin
 shadow_agreement  share of rows with the stable's label           one-sided binomial test
 shadow_abs_dp     mean |p_shadow - p_primary|                     none: the mean
 ab_verdict        conversion rate, always-valid interval          mixture SPRT interval
@@ -30,10 +30,17 @@ input_drift       live inputs vs training bins (largest PSI)      none: the PSI
 label_drift       predicted-label distribution, PSI               chi-square test of the counts
 ================  ==============================================  ===============================
 
-Rate rules fail only when the difference is both past the threshold (it matters) and
-significant (it is not noise); they pass when the estimate is within the threshold. The
-statistic reported for them is the observed difference (candidate - stable, or
-stable - candidate for "drop" rules).
+Error rate, accuracy and reward test the *tolerance*, not zero: the null hypothesis is "the
+candidate is worse by at most ``threshold``" (an increase of the error rate, a drop of accuracy
+or reward), and the rule fails only when the data reject it at ``alpha`` — the candidate is
+significantly worse than the tolerance, not merely worse. It passes when the estimate is within
+the tolerance; in between (past the threshold, not yet significantly) it is inconclusive and
+waits for more data. Testing against zero instead would fail an equally good candidate on the
+chance excess of any repeated look (measured: about 1 good canary in 100 rolled back); against
+the margin that takes a chance excess of a whole tolerance. The proportion rules use the
+unpooled Wald z statistic ``(d - threshold) / sqrt(p_c(1-p_c)/n_c + p_s(1-p_s)/n_s)``, sound at
+the minimum sample sizes the rules insist on; the statistic reported is that z (or Welch's t),
+the observed difference is in ``details``.
 """
 
 from __future__ import annotations
@@ -209,9 +216,16 @@ def _min_samples(rule: Any, ctx: RuleContext) -> int:
     return rule.min_samples if rule.min_samples is not None else ctx.min_samples
 
 
-def _one_sided_fisher(bad_c: int, good_c: int, bad_s: int, good_s: int) -> float:
-    """p-value of 'the candidate has a higher share of bad outcomes' (Fisher's exact test)."""
-    return float(stats.fisher_exact([[bad_c, good_c], [bad_s, good_s]], alternative="greater").pvalue)
+def _excess_test(bad_c: int, n_c: int, bad_s: int, n_s: int, margin: float) -> tuple[float | None, float]:
+    """(z, p) of H0: rate_c - rate_s <= margin against 'more than margin' (one-sided Wald test)."""
+    rate_c, rate_s = bad_c / n_c, bad_s / n_s
+    excess = rate_c - rate_s - margin
+    variance = rate_c * (1 - rate_c) / n_c + rate_s * (1 - rate_s) / n_s
+    if variance == 0.0:
+        # All-or-nothing on both sides: the difference is known exactly.
+        return None, 0.0 if excess > 0 else 1.0
+    z = excess / math.sqrt(variance)
+    return z, float(stats.norm.sf(z))
 
 
 def _rate_verdict(excess: float, threshold: float, p_value: float, alpha: float) -> Verdict:
@@ -237,16 +251,16 @@ def error_rate(rule: ErrorRateRule, ev: Evidence, ctx: RuleContext) -> RuleResul
     if short:
         return b.inconclusive(short, **values)
     excess = c.error_rate - s.error_rate  # type: ignore[operator]
-    p = _one_sided_fisher(c.errors, c.requests - c.errors, s.errors, s.requests - s.errors)  # type: ignore[operator]
+    z, p = _excess_test(c.errors, c.requests, s.errors, s.requests, rule.threshold)  # type: ignore[arg-type]
     verdict = _rate_verdict(excess, rule.threshold, p, rule.alpha)
     rates = f"error rate {_fmt(c.error_rate)} (n={c.requests}) vs stable {_fmt(s.error_rate)} (n={s.requests})"
     reason = {
         PASS: f"{rates}: increase {excess:+.4f} within {rule.threshold:g}",
-        FAIL: f"{rates}: increase {excess:+.4f} exceeds {rule.threshold:g} (Fisher p={p:.2g} < {rule.alpha:g})",
-        INCONCLUSIVE: f"{rates}: increase {excess:+.4f} exceeds {rule.threshold:g} but is not significant yet "
-        f"(Fisher p={p:.2g})",
+        FAIL: f"{rates}: increase {excess:+.4f} significantly above {rule.threshold:g} (p={p:.2g} < {rule.alpha:g})",
+        INCONCLUSIVE: f"{rates}: increase {excess:+.4f} exceeds {rule.threshold:g} but not significantly yet "
+        f"(p={p:.2g})",
     }[verdict]
-    return b.result(verdict, reason, statistic=excess, p_value=p, **values)
+    return b.result(verdict, reason, statistic=z, p_value=p, details={"difference": excess}, **values)
 
 
 def latency_p99(rule: LatencyRule, ev: Evidence, ctx: RuleContext) -> RuleResult:
@@ -296,7 +310,10 @@ def accuracy(rule: AccuracyRule, ev: Evidence, ctx: RuleContext) -> RuleResult:
     assert s is not None and c is not None
     missing = [role for role, w in (("stable", s), ("candidate", c)) if w.feedback is None]
     if missing:
-        return b.inconclusive(f"no outcome feedback (labels) for the {' and the '.join(missing)}")
+        # Accumulated windows keep a group only where both variants reported it, so "missing for
+        # both" may mean "missing for one in every interval".
+        return b.inconclusive(f"no outcome feedback (labels) from both variants over the window "
+                              f"(missing for the {' and the '.join(missing)})")
     fs, fc = s.feedback, c.feedback
     assert fs is not None and fc is not None
     values: dict[str, Any] = {
@@ -310,15 +327,15 @@ def accuracy(rule: AccuracyRule, ev: Evidence, ctx: RuleContext) -> RuleResult:
     if short:
         return b.inconclusive(short, **values)
     drop = fs.accuracy - fc.accuracy  # type: ignore[operator]
-    p = _one_sided_fisher(fc.labelled - fc.correct, fc.correct, fs.labelled - fs.correct, fs.correct)
+    z, p = _excess_test(fc.labelled - fc.correct, fc.labelled, fs.labelled - fs.correct, fs.labelled, rule.threshold)
     verdict = _rate_verdict(drop, rule.threshold, p, rule.alpha)
     text = f"accuracy {_fmt(fc.accuracy)} (n={fc.labelled}) vs stable {_fmt(fs.accuracy)} (n={fs.labelled})"
     reason = {
         PASS: f"{text}: drop {drop:+.4f} within {rule.threshold:g}",
-        FAIL: f"{text}: drop {drop:+.4f} exceeds {rule.threshold:g} (Fisher p={p:.2g} < {rule.alpha:g})",
-        INCONCLUSIVE: f"{text}: drop {drop:+.4f} exceeds {rule.threshold:g} but is not significant yet (p={p:.2g})",
+        FAIL: f"{text}: drop {drop:+.4f} significantly above {rule.threshold:g} (p={p:.2g} < {rule.alpha:g})",
+        INCONCLUSIVE: f"{text}: drop {drop:+.4f} exceeds {rule.threshold:g} but not significantly yet (p={p:.2g})",
     }[verdict]
-    return b.result(verdict, reason, statistic=drop, p_value=p, **values)
+    return b.result(verdict, reason, statistic=z, p_value=p, details={"drop": drop}, **values)
 
 
 def reward(rule: RewardRule, ev: Evidence, ctx: RuleContext) -> RuleResult:
@@ -330,7 +347,8 @@ def reward(rule: RewardRule, ev: Evidence, ctx: RuleContext) -> RuleResult:
     assert s is not None and c is not None
     missing = [role for role, w in (("stable", s), ("candidate", c)) if w.rewards is None]
     if missing:
-        return b.inconclusive(f"no rewards reported for the {' and the '.join(missing)}")
+        return b.inconclusive(f"no rewards from both variants over the window "
+                              f"(missing for the {' and the '.join(missing)})")
     rs, rc = s.rewards, c.rewards
     assert rs is not None and rc is not None
     values: dict[str, Any] = {
@@ -346,18 +364,20 @@ def reward(rule: RewardRule, ev: Evidence, ctx: RuleContext) -> RuleResult:
     vs, vc = rs.variance or 0.0, rc.variance or 0.0
     if vs == 0.0 and vc == 0.0:
         # Constant rewards on both sides: the difference is exact, there is nothing to test.
-        t, p = None, 0.0 if drop > 0 else 1.0
+        t, p = None, 0.0 if drop > rule.threshold else 1.0
     else:
+        # Shifting the candidate's mean up by the margin tests H0: drop <= threshold.
         test = stats.ttest_ind_from_stats(
-            rc.mean, math.sqrt(vc), rc.count, rs.mean, math.sqrt(vs), rs.count, equal_var=False, alternative="less"
+            rc.mean + rule.threshold, math.sqrt(vc), rc.count, rs.mean, math.sqrt(vs), rs.count,
+            equal_var=False, alternative="less",
         )
         t, p = float(test.statistic), float(test.pvalue)
     verdict = _rate_verdict(drop, rule.threshold, p, rule.alpha)
     text = f"mean reward {_fmt(rc.mean)} (n={rc.count}) vs stable {_fmt(rs.mean)} (n={rs.count})"
     reason = {
         PASS: f"{text}: drop {drop:+.4g} within {rule.threshold:g}",
-        FAIL: f"{text}: drop {drop:+.4g} exceeds {rule.threshold:g} (Welch p={p:.2g} < {rule.alpha:g})",
-        INCONCLUSIVE: f"{text}: drop {drop:+.4g} exceeds {rule.threshold:g} but is not significant yet (p={p:.2g})",
+        FAIL: f"{text}: drop {drop:+.4g} significantly above {rule.threshold:g} (Welch p={p:.2g} < {rule.alpha:g})",
+        INCONCLUSIVE: f"{text}: drop {drop:+.4g} exceeds {rule.threshold:g} but not significantly yet (p={p:.2g})",
     }[verdict]
     return b.result(verdict, reason, statistic=t, p_value=p, details={"drop": drop}, **values)
 

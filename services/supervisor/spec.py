@@ -96,16 +96,16 @@ class _Rule(_Strict):
 
 
 class ErrorRateRule(_Rule):
-    """Candidate's error rate against the stable's (one-sided Fisher exact test)."""
+    """Candidate's error rate against the stable's (one-sided z-test against the tolerance)."""
 
     metric: Literal["error_rate"]
     """error_rate."""
     threshold: float = Field(default=0.01, ge=0.0, le=1.0)
     """Largest tolerated increase of the error rate over the stable's, absolute (0.01 = one
-    percentage point). Fails when the increase exceeds it and is significant at ``alpha``."""
+    percentage point). Fails when the increase is significantly above it at ``alpha``."""
     alpha: float = Field(default=0.01, gt=0.0, lt=1.0)
     """Significance level of the one-sided test; small, because the rule is re-checked every
-    interval (the sequential test is the one with a guarantee under repeated looks)."""
+    interval (the sequential tests are the ones with a guarantee under repeated looks)."""
 
 
 class LatencyRule(_Rule):
@@ -123,7 +123,8 @@ class LatencyRule(_Rule):
 
 
 class AccuracyRule(_Rule):
-    """Candidate's accuracy from outcome feedback against the stable's (one-sided Fisher)."""
+    """Candidate's accuracy from outcome feedback against the stable's (one-sided z-test
+    against the tolerance)."""
 
     DEFAULT_DURING: ClassVar[tuple[str, ...]] = ("canary", "ab-test")
 
@@ -131,13 +132,13 @@ class AccuracyRule(_Rule):
     """accuracy."""
     threshold: float = Field(default=0.02, ge=0.0, le=1.0)
     """Largest tolerated drop of accuracy below the stable's, absolute (0.02 = two points).
-    Fails when the drop exceeds it and is significant at ``alpha``."""
+    Fails when the drop is significantly above it at ``alpha``."""
     alpha: float = Field(default=0.01, gt=0.0, lt=1.0)
     """Significance level of the one-sided test."""
 
 
 class RewardRule(_Rule):
-    """Candidate's mean reward against the stable's (one-sided Welch t-test)."""
+    """Candidate's mean reward against the stable's (one-sided Welch t-test against the tolerance)."""
 
     DEFAULT_DURING: ClassVar[tuple[str, ...]] = ("canary", "ab-test")
 
@@ -145,7 +146,8 @@ class RewardRule(_Rule):
     """reward."""
     threshold: float = Field(ge=0.0, allow_inf_nan=False)
     """Largest tolerated drop of the mean reward below the stable's, in reward units (no
-    default: only you know the scale of your rewards)."""
+    default: only you know the scale of your rewards). Fails when the drop is significantly
+    above it at ``alpha``."""
     alpha: float = Field(default=0.01, gt=0.0, lt=1.0)
     """Significance level of the one-sided test."""
 

@@ -461,10 +461,12 @@ def merge_pair(
     """Extend an accumulated (stable, candidate) pair by the next interval's pair.
 
     ``accumulated`` None starts a new accumulation. An optional group (latency, feedback,
-    rewards, shadow, labels) is added only when *both* variants reported it for that interval,
-    so the accumulated pair stays a comparison over the same window; an interval missing it for
-    either side leaves that group as it was. Scalar p99s (no histogram) combine as a
-    request-weighted mean of the intervals' p99s — an approximation; histograms combine exactly.
+    rewards, labels) is added only when *both* variants reported it for that interval, so the
+    accumulated pair stays a comparison over the same window; an interval missing it for either
+    side leaves that group as it was. Shadow comparisons are paired by nature (the shadow's and
+    the primary's outputs on the same requests) and accumulate on the side reporting them.
+    Scalar p99s (no histogram) combine as a request-weighted mean of the intervals' p99s — an
+    approximation; histograms combine exactly.
     """
     stable_next, candidate_next = interval
     if accumulated is None:
@@ -495,6 +497,10 @@ def _merge(acc: VariantWindow, nxt: VariantWindow, other_nxt: VariantWindow) -> 
         raise ValueError("windows with a problem are never merged")
 
     def both(group: str) -> bool:
+        if group == "shadow":
+            # Shadow comparisons are paired already (shadow vs primary on the same requests):
+            # only the shadow reports them.
+            return nxt.shadow is not None
         return getattr(nxt, group) is not None and getattr(other_nxt, group) is not None
 
     def combine(group: str, add) -> Any:

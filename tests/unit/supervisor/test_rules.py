@@ -118,11 +118,17 @@ def test_error_rate():
     assert (good.verdict, good.stable_value, good.candidate_value) == ("pass", 0.01, 0.012)
     assert (good.stable_n, good.candidate_n, good.threshold) == (5000, 1000, 0.01)
     bad = check("error_rate", win("stable", 5000, 50), win("candidate", 1000, 60))
-    assert bad.verdict == "fail" and bad.p_value < 0.01 and bad.statistic == pytest.approx(0.05)
-    assert "error rate 0.06 (n=1000) vs stable 0.01 (n=5000)" in bad.reason and "exceeds 0.01" in bad.reason
+    assert bad.verdict == "fail" and bad.p_value < 0.01 and bad.details["difference"] == pytest.approx(0.05)
+    # z of H0 "increase <= 0.01": (0.05 - 0.01) / sqrt(0.06 * 0.94 / 1000 + 0.01 * 0.99 / 5000)
+    assert bad.statistic == pytest.approx(0.04 / (0.06 * 0.94 / 1000 + 0.01 * 0.99 / 5000) ** 0.5)
+    assert "error rate 0.06 (n=1000) vs stable 0.01 (n=5000)" in bad.reason
+    assert "significantly above 0.01" in bad.reason
     # Past the threshold but on thin evidence: wait, do not fail and do not pass.
     unsure = check("error_rate", win("stable", 300, 3), win("candidate", 250, 8), threshold=0.01)
-    assert unsure.verdict == "inconclusive" and "not significant yet" in unsure.reason
+    assert unsure.verdict == "inconclusive" and "not significantly yet" in unsure.reason
+    # Worse, significantly, but not significantly worse than the tolerance: no failure.
+    within = check("error_rate", win("stable", 20_000, 200), win("candidate", 20_000, 380), threshold=0.01)
+    assert within.verdict == "pass" and within.details["difference"] == pytest.approx(0.009)
 
 
 def test_error_rate_waits_for_the_minimum_sample_and_says_how_long():
@@ -178,14 +184,14 @@ def test_accuracy_from_feedback():
     stable = win("stable", 5000, 0, feedback=Feedback(2000, 1900))
     result = check("accuracy", stable, win("candidate", 1000, 0, feedback=Feedback(400, 210)))
     assert result.verdict == "fail" and result.candidate_value == 0.525 and result.stable_value == 0.95
-    assert result.statistic == pytest.approx(0.425) and result.p_value < 1e-10
+    assert result.details["drop"] == pytest.approx(0.425) and result.statistic > 10 and result.p_value < 1e-10
     assert "accuracy 0.525 (n=400) vs stable 0.95 (n=2000)" in result.reason
     assert check("accuracy", stable, win("candidate", 1000, 0, feedback=Feedback(400, 378))).verdict == "pass"
 
 
 def test_accuracy_without_labels_is_inconclusive():
     result = check("accuracy", win("stable", 5000, 0, feedback=Feedback(2000, 1900)), win("candidate", 1000, 0))
-    assert result.verdict == "inconclusive" and "no outcome feedback (labels) for the candidate" in result.reason
+    assert result.verdict == "inconclusive" and "(missing for the candidate)" in result.reason
     few = check("accuracy", win("stable", 5000, 0, feedback=Feedback(2000, 1900)),
                 win("candidate", 1000, 0, feedback=Feedback(20, 0)))
     assert few.verdict == "inconclusive" and "too few labelled outcomes" in few.reason
@@ -202,7 +208,7 @@ def test_mean_reward():
     same = check("reward", stable, win("candidate", 1000, 0, rewards=Rewards(1000, 295.0, 295.0)))
     assert same.verdict == "pass"
     missing = check("reward", stable, win("candidate", 1000, 0))
-    assert missing.verdict == "inconclusive" and "no rewards reported for the candidate" in missing.reason
+    assert missing.verdict == "inconclusive" and "no rewards from both variants" in missing.reason
 
 
 def test_constant_rewards_need_no_test():
