@@ -15,6 +15,7 @@ this module is listed in the root conftest's `pytest_plugins` (then drop the imp
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,10 @@ class ClusterSession:
         return self.problems
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -71,6 +76,9 @@ def k8s_session(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         pytest.fail(f"the base image {images.BASE_ARCHIVE} is not built: run `make cluster-build`", pytrace=False)
     if os.geteuid() != 0:
         pytest.fail("the cluster tests need root (bridges, containerd, kubelet)", pytrace=False)
+    # SIGTERM (a CI runner stopping the job) tears down like Ctrl-C instead of leaving the cluster behind.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    request.addfinalizer(lambda: signal.signal(signal.SIGTERM, previous))
     run_dir = Path(tmp_path_factory.mktemp("cluster"))
     session = ClusterSession(Cluster(run_dir, log=_log), host.snapshot(), request.config)
     request.config._k8s_session = session  # for the failure hook below

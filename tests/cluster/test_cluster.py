@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client, config
 
 from services.stack.cluster import Cluster, ClusterError, host, layout
-from services.stack.cluster.cluster import dns_query
+from services.stack.cluster.cluster import dns_lookup, dns_query
 from services.stack.cluster.versions import BASE_IMAGE, K8S_VERSION
 
 pytestmark = pytest.mark.integration
@@ -272,6 +272,51 @@ def test_deleted_pod_is_replaced_and_service_keeps_answering(echo: str, namespac
     assert apps.read_namespaced_deployment_status(echo, namespace).status.available_replicas == 2
     answers = run_client(core, namespace, [f"http://{echo}/"], rounds=4)
     assert {a["body"]["pod"] for a in answers} <= set(now)
+
+
+RESOLVE = r"""
+import socket, sys
+for name in sys.argv[1:]:
+    try:
+        print(name, sorted({a[4][0] for a in socket.getaddrinfo(name, 80, socket.AF_INET)}), flush=True)
+    except socket.gaierror as e:
+        print(name, "unresolved:", e.strerror, flush=True)
+"""
+
+
+def test_traffic_stays_inside(k8s_cluster: Cluster, echo: str, namespace: str, core: client.CoreV1Api) -> None:
+    """The guards are in place, and names outside the cluster resolve nowhere (CoreDNS has no forwarder)."""
+    table = host.sh("nft", "list", "table", *host.FIREWALL_TABLE)
+    for rule in (f'iifname "{host.CNI_BRIDGE}" drop', f'oifname "{host.CNI_BRIDGE}" drop', "ip daddr"):
+        assert rule in table, table
+    proxy = host.sh("nft", "list", "set", "ip", "kube-proxy", "nodeport-ips")
+    assert f"elements = {{ {host.NODE_IP} }}" in proxy, proxy  # NodePorts on the node IP only, never eth0
+    route = host.sh("ip", "route", "get", host.DNS_SERVICE_IP)
+    assert f"dev {host.NODE_BRIDGE}" in route, route  # host -> Service never picks the outside interface
+    rcode, addrs = dns_lookup(host.DNS_SERVICE_IP, "example.com")
+    assert (rcode, addrs) == (3, []), "CoreDNS must answer NXDOMAIN outside cluster.local"
+    # From a pod: its resolver asks CoreDNS only; cluster names resolve, outside names do not.
+    name = f"resolve-{uuid.uuid4().hex[:6]}"
+    core.create_namespaced_pod(namespace, {
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never", "automountServiceAccountToken": False, "enableServiceLinks": False,
+            "securityContext": HARDENED_POD,
+            "containers": [{
+                "name": "resolve", "image": BASE_IMAGE, "imagePullPolicy": "Never",
+                "command": ["python3", "-c", RESOLVE, f"{echo}.{namespace}", "example.com", "pypi.org"],
+                "securityContext": HARDENED_CONTAINER, "resources": LIMITS,
+            }],
+        },
+    })
+    wait_for("the resolver pod", lambda: core.read_namespaced_pod(name, namespace).status.phase == "Succeeded", 60)
+    out = core.read_namespaced_pod_log(name, namespace)
+    svc_ip = core.read_namespaced_service(echo, namespace).spec.cluster_ip
+    assert f"{echo}.{namespace} ['{svc_ip}']" in out, out
+    assert "example.com unresolved" in out and "pypi.org unresolved" in out, out
+    resolv = core.read_namespaced_pod(name, namespace).spec.dns_policy
+    assert resolv == "ClusterFirst"
+    core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
 
 
 def test_load_image_imports_an_oci_archive(k8s_cluster: Cluster, tmp_path: Path) -> None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
 
 from services.stack.cluster import build, images, layout
 from services.stack.cluster.cluster import Cluster, ClusterError
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "up":
             cluster.import_base = not args.no_base_image
+            signal.signal(signal.SIGTERM, _interrupt)  # `kill` during `up` tears down like Ctrl-C
             t0 = time.monotonic()
             try:
                 cluster.up()

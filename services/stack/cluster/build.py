@@ -203,6 +203,7 @@ def _build_etcd() -> None:
     src = layout.SRC_DIR / f"etcd-{ETCD_VERSION}"
     go, env = _go(), _go_env()
     if not (src / ".ready").exists():
+        log(f"go.etcd.io/etcd/server/v3@{ETCD_VERSION}: fetching the module and its dependencies")
         src.mkdir(parents=True, exist_ok=True)
         if not (src / "go.mod").exists():
             _run([go, "mod", "init", "local/serving-patterns/etcd-build"], cwd=src, env=env)
@@ -216,6 +217,7 @@ def _build_coredns() -> None:
     src = layout.SRC_DIR / f"coredns-{COREDNS_VERSION}"
     go, env = _go(), _go_env()
     if not (src / ".ready").exists():
+        log(f"github.com/coredns/coredns@{COREDNS_VERSION}: fetching the module and its dependencies")
         src.mkdir(parents=True, exist_ok=True)
         if not (src / "go.mod").exists():
             _run([go, "mod", "init", "local/serving-patterns/coredns-build"], cwd=src, env=env)

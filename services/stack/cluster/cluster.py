@@ -76,8 +76,8 @@ def _port_free(ip: str, port: int) -> bool:
     return True
 
 
-def dns_query(server: str, name: str, timeout: float = 1.0) -> list[str]:
-    """A records for `name` from `server`:53 over UDP (a minimal resolver; no outside traffic)."""
+def dns_lookup(server: str, name: str, timeout: float = 1.0) -> tuple[int, list[str]]:
+    """(rcode, A records) for `name` from `server`:53 over UDP: a minimal resolver for the cluster's DNS."""
     qid = int.from_bytes(os.urandom(2), "big")
     question = b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
     packet = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + question + struct.pack(">HH", 1, 1)
@@ -85,13 +85,12 @@ def dns_query(server: str, name: str, timeout: float = 1.0) -> list[str]:
         s.settimeout(timeout)
         s.sendto(packet, (server, 53))
         data, _ = s.recvfrom(4096)
-    rid, flags, qd, an = struct.unpack(">HHHH", data[:8])
-    if rid != qid or flags & 0x000F:
-        return []
-    pos = 12 + len(question) + 4
-    out = []
+    rid, flags, _, an = struct.unpack(">HHHH", data[:8])
+    if rid != qid:
+        raise OSError("DNS answer for another query")
+    pos, out = 12 + len(question) + 4, []
     for _ in range(an):
-        while data[pos] and data[pos] < 0xC0:  # name: labels or a pointer
+        while data[pos] and data[pos] < 0xC0:  # the owner name: labels, then a pointer or the root
             pos += data[pos] + 1
         pos += 2 if data[pos] >= 0xC0 else 1
         rtype, _, _, rdlen = struct.unpack(">HHIH", data[pos:pos + 10])
@@ -99,7 +98,13 @@ def dns_query(server: str, name: str, timeout: float = 1.0) -> list[str]:
         if rtype == 1 and rdlen == 4:
             out.append(socket.inet_ntoa(data[pos:pos + 4]))
         pos += rdlen
-    return out
+    return flags & 0x000F, out
+
+
+def dns_query(server: str, name: str, timeout: float = 1.0) -> list[str]:
+    """A records for `name` ([] on NXDOMAIN or any error code)."""
+    rcode, addrs = dns_lookup(server, name, timeout)
+    return addrs if rcode == 0 else []
 
 
 @dataclass

@@ -4,7 +4,9 @@
 * `coredns.tar` the CoreDNS binary alone;
 * `base.tar`    a Debian bookworm rootfs from mmdebstrap (minbase + python3, python3-venv,
                 ca-certificates): the `BASE_IMAGE` of the project's Dockerfile and of the tests' pods;
-* `app.tar`     the project's Dockerfile built with buildah on top of the base (`image` command).
+* `app.tar`     the project's Dockerfile built with buildah on top of the base (`image` command),
+                named docker.io/library/serving-patterns:<version>: what the chart's default
+                `image: serving-patterns` with tag = appVersion resolves to.
 
 An OCI image layout is a few JSON documents and tar layers addressed by sha256; an archive of it
 is what `ctr -n k8s.io images import` reads. The image name is the `io.containerd.image.name`
@@ -22,12 +24,12 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 from services.stack.cluster import layout
 from services.stack.cluster.versions import (
-    APP_IMAGE,
     BASE_IMAGE,
     BASE_IMAGE_PACKAGES,
     COREDNS_IMAGE,
@@ -220,6 +222,13 @@ def build_base_image(log: Log, force: bool = False) -> Path:
 # --- the project's Dockerfile, with buildah -------------------------------------------------------------
 
 
+def app_image() -> str:
+    """The name the Helm chart's default `image` (repository serving-patterns, tag = appVersion) resolves to."""
+    with open(REPO_ROOT / "pyproject.toml", "rb") as f:
+        version = tomllib.load(f)["project"]["version"]
+    return f"docker.io/library/serving-patterns:{version}"
+
+
 def _buildah(*args: str) -> list[str]:
     return [
         "buildah",
@@ -230,13 +239,15 @@ def _buildah(*args: str) -> list[str]:
     ]
 
 
-def build_app_image(log: Log, dockerfile: Path = DOCKERFILE, tag: str = APP_IMAGE,
+def build_app_image(log: Log, dockerfile: Path = DOCKERFILE, tag: str | None = None,
                     out: Path = APP_ARCHIVE, build_args: dict[str, str] | None = None) -> Path:
     """`buildah bud` of the project's Dockerfile on the base image -> an OCI archive for `ctr import`.
 
     chroot isolation and vfs storage (no daemon, no overlay-in-overlay); the host's CA bundle is
-    mounted into RUN steps (the package registries are reached through a TLS-inspecting proxy).
+    mounted into RUN steps (without it, pip's TLS to the package registries fails here). `tag`
+    defaults to `app_image()`, the name the chart's default image resolves to in containerd.
     """
+    tag = tag or app_image()
     if not dockerfile.is_file():
         raise FileNotFoundError(f"no Dockerfile at {dockerfile}")
     if shutil.which("buildah") is None:

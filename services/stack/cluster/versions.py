@@ -16,7 +16,6 @@ PAUSE_VERSION = "3.10"  # our own static pause binary, tagged like the upstream 
 PAUSE_IMAGE = f"registry.k8s.io/pause:{PAUSE_VERSION}"
 COREDNS_IMAGE = f"localhost/serving-patterns/coredns:{COREDNS_VERSION}"
 BASE_IMAGE = "localhost/serving-patterns/base:bookworm"
-APP_IMAGE = "localhost/serving-patterns/app:dev"
 
 DEBIAN_SUITE = "bookworm"
 # Host packages `build` installs with apt-get when missing.
