@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -97,12 +97,12 @@ class Skew(ArtifactError):
     code = "skew"
 
 
-def log_refusal(name: str, version: int | None, exc: ServingError, source: str, **extra: Any) -> None:
+def log_refusal(name: str, version: int | None, exc: ServingError, source: str) -> None:
     """The one log line of a refused version, whichever step and service refused it."""
     log.warning(
         "model version refused; what serves now keeps serving",
         extra={"model_name": name, "model_version": version, "reason": exc.code, "detail": exc.message,
-               "source": source, **extra},
+               "source": source},
     )
 
 
@@ -121,17 +121,20 @@ class Artifact:
     @classmethod
     def from_dir(cls, path: Path) -> Artifact:
         """Reads `model-card.json`, `model.onnx` and `holdout.csv` (blocking: call off the loop)."""
-        card = ModelCard.from_file(path / CARD_FILE)
+        try:
+            card = ModelCard.from_file(path / CARD_FILE)
+        except ArtifactError as exc:
+            raise LoadFailed(exc.message) from exc
         try:
             onnx_bytes = (path / MODEL_FILE).read_bytes()
         except OSError as exc:
-            raise ArtifactError(f"cannot read {path / MODEL_FILE}: {exc.strerror}") from exc
+            raise LoadFailed(f"cannot read {path / MODEL_FILE}: {exc.strerror}") from exc
         try:
             holdout: bytes | None = (path / HOLDOUT_FILE).read_bytes()
         except FileNotFoundError:
             holdout = None  # refused by the integration check, which says why
         except OSError as exc:
-            raise ArtifactError(f"cannot read {path / HOLDOUT_FILE}: {exc.strerror}") from exc
+            raise HoldoutUnusable(f"cannot read {path / HOLDOUT_FILE}: {exc.strerror}") from exc
         return cls(card, onnx_bytes, holdout, str(path))
 
 

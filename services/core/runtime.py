@@ -7,6 +7,9 @@ cheaper than a thread hop (the common case for the models here).
 Loading checks, in order: the card parses; the ONNX bytes hash to the card's sha256; the
 session's input and outputs match the card's contract. Any failure raises an `ArtifactError`
 and nothing is half-loaded. Models only ever come from ONNX bytes: no pickle on this path.
+
+Services do not drive this by hand: the model lifecycle (services/core/lifecycle.py) loads an
+`OnnxModel`, checks it against its holdout set, warms it up, swaps it in and unloads it.
 """
 
 from __future__ import annotations

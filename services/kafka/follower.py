@@ -148,6 +148,7 @@ class ModelFollower(Generic[V]):
             return False
         version: int | None = None
         sha: str | None = None
+        current = self.slot.current
         try:
             try:  # unverified, only to label a refusal with the version it claims
                 claimed = messages.read_header(record.value).get("model_version")
@@ -157,7 +158,7 @@ class ModelFollower(Generic[V]):
             # HMAC and sha256 over the whole model: off the loop.
             msg = await asyncio.to_thread(messages.decode, record.value, self._key, record_key=self.model_name)
             version, sha = msg.model_version, msg.sha256
-            current = self.slot.current
+            current = self.slot.current  # handlers run one at a time, but the decode yielded the loop
             if current is not None and current.version == version and current.card.sha256 == sha:
                 metrics.MODEL_MESSAGES.labels(self.model_name, str(version), "unchanged").inc()
                 self.events.emit("unchanged", self.model_name, version, sha256=sha, source=_source(record))
