@@ -13,6 +13,7 @@ from functools import partial
 
 from services.kafka.messages import ensure_key_file, load_signing_key
 from services.kafka.publisher import publish
+from services.kafka.topics import MODELS
 from services.stack.kafka_broker import Broker, default_data_dir
 from services.stack.paths import ENV_BOOTSTRAP, SIGNING_KEY_FILE
 from services.stack.process import PatternStack, ServiceProcess, free_port, http_ready
@@ -109,7 +110,8 @@ def stream_scoring(model_name: str = "breast-cancer", version: int | None = None
     follow = env.get("SCORING_FOLLOW_MODELS", "").lower() == "true"
     if follow:
         key_file = ensure_key_file(SIGNING_KEY_FILE)
-        published = publish(bootstrap, model_name, version, key=load_signing_key(key_file))
+        published = publish(bootstrap, model_name, version, key=load_signing_key(key_file),
+                            topic=env.get("SCORING_MODELS_TOPIC", MODELS))
         env = {"MODEL_SIGNING_KEY_FILE": str(key_file), **env}
         broker_extra = {**broker_extra, "published": published.describe(), "signing_key_file": str(key_file),
                         "publish": f"python -m services.stack publish --model {model_name} --version N"}
