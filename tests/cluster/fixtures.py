@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from services.stack.cluster import Cluster, build, host, images
+from services.stack.cluster import Cluster, PreflightError, build, host, images
 
 TEARDOWN_TEST = "test_teardown_restores_host"
 
@@ -84,6 +84,9 @@ def k8s_session(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     request.config._k8s_session = session  # for the failure hook below
     try:
         session.cluster.up()
+    except PreflightError as e:  # refused before touching the host (e.g. `make cluster-up` is running)
+        session.stopped = True
+        pytest.fail(f"the cluster cannot start: {e}", pytrace=False)
     except BaseException as e:  # Ctrl-C included: never leave a half-started cluster behind
         try:
             if isinstance(e, Exception) and session.cluster.kubeconfig.exists():

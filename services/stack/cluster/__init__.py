@@ -14,6 +14,6 @@ From Python (tests)::
 See README.md next to this file.
 """
 
-from services.stack.cluster.cluster import Cluster, ClusterError, running
+from services.stack.cluster.cluster import Cluster, ClusterError, PreflightError, running
 
-__all__ = ["Cluster", "ClusterError", "running"]
+__all__ = ["Cluster", "ClusterError", "PreflightError", "running"]

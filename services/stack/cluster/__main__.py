@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from services.stack.cluster import build, images, layout
-from services.stack.cluster.cluster import Cluster, ClusterError
+from services.stack.cluster.cluster import Cluster, ClusterError, PreflightError
 
 
 def _interrupt(signum, frame) -> None:
@@ -46,8 +46,12 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             try:
                 cluster.up()
+            except PreflightError as e:  # refused before touching anything: nothing to tear down
+                print(f"cluster up refused: {e}", file=sys.stderr)
+                return 1
             except BaseException as e:
-                print(f"cluster up failed: {e}", file=sys.stderr)
+                why = f"interrupted ({e or 'Ctrl-C'})" if isinstance(e, KeyboardInterrupt) else str(e)
+                print(f"cluster up failed: {why}; tearing down", file=sys.stderr)
                 if isinstance(e, Exception) and cluster.kubeconfig.exists():
                     cluster.dump_diagnostics()
                 if not args.keep_on_failure or not isinstance(e, Exception):

@@ -62,6 +62,10 @@ class ClusterError(RuntimeError):
     pass
 
 
+class PreflightError(ClusterError):
+    """`up` refused before touching anything (not built, not root, another cluster runs): no `down` needed."""
+
+
 def _default_log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -355,9 +359,9 @@ class Cluster:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         marker = self.run_dir / MARKER
         if any(self.run_dir.iterdir()) and not marker.exists():
-            raise ClusterError(f"{self.run_dir} is not empty and is not a cluster run dir: choose another --run-dir")
+            raise PreflightError(f"{self.run_dir} is not empty and is not a cluster run dir: choose another --run-dir")
         if host.unmount_under([str(self.run_dir)]):
-            raise ClusterError(f"something is still mounted under {self.run_dir}: run `down` first")
+            raise PreflightError(f"something is still mounted under {self.run_dir}: run `down` first")
         for child in self.run_dir.iterdir():
             if child.name not in (MARKER, "baseline.json"):
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
@@ -365,34 +369,29 @@ class Cluster:
 
     def _preflight(self) -> None:
         if os.geteuid() != 0:
-            raise ClusterError("the cluster needs root (network setup, containerd, kubelet)")
+            raise PreflightError("the cluster needs root (network setup, containerd, kubelet)")
         missing = build.missing_binaries()
         if missing:
-            raise ClusterError(f"cluster binaries not built ({', '.join(missing)}): run `make cluster-build` "
-                               "(python -m services.stack.cluster build)")
+            raise PreflightError(f"cluster binaries not built ({', '.join(missing)}): run `make cluster-build` "
+                                 "(python -m services.stack.cluster build)")
         pkgs = build.missing_packages()
         if pkgs:
-            raise ClusterError(f"missing Debian packages {pkgs}: run `make cluster-build`")
+            raise PreflightError(f"missing Debian packages {pkgs}: run `make cluster-build`")
         for archive in (images.PAUSE_ARCHIVE, images.COREDNS_ARCHIVE):
             if not archive.is_file():
-                raise ClusterError(f"{archive} is missing: run `make cluster-build`")
-        if OWNER_FILE.exists():
-            try:
-                owner = json.loads(OWNER_FILE.read_text())
-            except ValueError:
-                owner = {}
-            other = Cluster(Path(owner.get("run_dir", "/nonexistent")), log=self.log)
-            if any(other._alive(n, p) for n, p in other._recorded_pids().items()):
-                raise ClusterError(f"a cluster is already running from {other.run_dir}: "
-                                   f"`python -m services.stack.cluster down --run-dir {other.run_dir}` first")
+                raise PreflightError(f"{archive} is missing: run `make cluster-build`")
+        if self._state_file().exists() and any(self._alive(n, p) for n, p in self._recorded_pids().items()):
+            raise PreflightError(f"the cluster in {self.run_dir} is already up (`make cluster-down` or `down` first)")
+        other = self._other_owner()
+        if other is not None:
+            raise PreflightError(f"a cluster is already running from {other.run_dir}: "
+                                 f"`python -m services.stack.cluster --run-dir {other.run_dir} down` first")
         busy = [f"{ip}:{port}" for ip, port in [("127.0.0.1", ETCD_CLIENT_PORT), ("127.0.0.1", ETCD_PEER_PORT),
                                                 ("127.0.0.1", 10248), ("127.0.0.1", 10249), ("127.0.0.1", 10256),
                                                 ("127.0.0.1", 10257), ("127.0.0.1", 10259)]
                 if not _port_free(ip, port)]
         if busy:
-            raise ClusterError(f"ports in use: {busy} (another cluster, or a leftover: run `down`)")
-        if self._state_file().exists() and any(self._alive(n, p) for n, p in self._recorded_pids().items()):
-            raise ClusterError(f"the cluster in {self.run_dir} is already up (run `down` first)")
+            raise PreflightError(f"ports in use: {busy} (another cluster, or a leftover: run `down`)")
 
     def _start_etcd(self) -> None:
         data = self.run_dir / "etcd"
@@ -644,8 +643,25 @@ disabled_plugins = [
             if old is not None:
                 signal.signal(signal.SIGINT, old)
 
+    def _other_owner(self) -> Cluster | None:
+        """The cluster running from another run dir, if any (then this one must not touch the host)."""
+        try:
+            owner = json.loads(OWNER_FILE.read_text())
+        except (OSError, ValueError):
+            return None
+        if Path(owner.get("run_dir", "")) == self.run_dir:
+            return None
+        other = Cluster(Path(owner.get("run_dir", "/nonexistent")), log=self.log)
+        return other if any(other._alive(n, p) for n, p in other._recorded_pids().items()) else None
+
     def _down(self, t0: float) -> list[str]:
         problems: list[str] = []
+        other = self._other_owner()
+        if other is not None:
+            msg = (f"a cluster is running from {other.run_dir}, not from {self.run_dir}: nothing done "
+                   f"(`python -m services.stack.cluster --run-dir {other.run_dir} down` stops it)")
+            self._say(msg)
+            return [msg]
         pids = {**self._recorded_pids(), **{n: p.pid for n, p in self.procs.items()}}
         for name in STOP_ORDER:
             if name == "containerd":
@@ -789,6 +805,12 @@ def running(run_dir: Path | str | None = None, log: Callable[[str], None] = _def
     cluster = Cluster(Path(run_dir) if run_dir else layout.DEFAULT_RUN_DIR, log=log, import_base=import_base)
     try:
         cluster.up()
+    except PreflightError:
+        raise  # nothing was touched
+    except BaseException:
+        cluster.down()
+        raise
+    try:
         yield cluster
     finally:
         cluster.down()

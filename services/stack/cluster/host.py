@@ -19,6 +19,7 @@ namespaces, mounts, firewall tables, cgroups, the kubelet's and containerd's fix
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -72,7 +73,10 @@ FIXED_PATHS = [
     "/etc/cni",
     "/opt/cni",
     "/opt/containerd",
+    "/usr/libexec/kubernetes",
+    "/run/mount",  # libmount's utab dir, made by the kubelet's mount calls: removed only when empty
 ]
+SHARED_DIRS = {"/run/mount"}
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 KUBE_CGROUPS = ("kubepods", "kubepods.slice")
 MOUNT_PREFIXES = ("/run/netns", "/var/run/netns", "/run/containerd", "/var/lib/kubelet")
@@ -345,7 +349,12 @@ def restore(baseline: dict | None, log) -> list[str]:
     # Fixed paths that did not exist before.
     if baseline:
         for path, existed in baseline["paths"].items():
-            if not existed and os.path.lexists(path) and not os.path.islink(path):
+            if not existed and path in SHARED_DIRS and os.path.isdir(path):
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+                if os.path.lexists(path):
+                    problems.append(f"{path} is not empty: {os.listdir(path)}")
+            elif not existed and os.path.lexists(path) and not os.path.islink(path):
                 leftovers = unmount_under([path])
                 if leftovers:
                     problems.append(f"still mounted: {leftovers}")
