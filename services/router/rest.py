@@ -103,12 +103,13 @@ def build_app(router: Router) -> Any:
         given = override = key = declared = None
         content_type = _JSON
         forwarded = b""
+        override_header, sticky_header = table.override_header, table.sticky_header
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 given = value
-            elif name == table.override_header:
+            elif name == override_header:
                 override = value
-            elif name == table.sticky_header:
+            elif name == sticky_header:
                 key = value
             elif name == b"content-type":
                 content_type = value
