@@ -386,7 +386,7 @@ def _rollback(spec: RolloutSpec, state: RolloutState, now: float, results: list[
         f"{now:.0f} rolled back v{state.candidate_version} from {_where(spec, state)}"
     )
     action = Action("rollback", candidate_weight=0.0, weights=_weights(spec, 0.0),
-                    policy="canary" if state.mode != "ab-test" else None, new_stable=spec.stable)
+                    policy="canary", new_stable=spec.stable)
     return _finish(spec, state, now, "fail", action, text, results, seq, after=nxt)
 
 

@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-DEFAULT_ALPHA = 0.05
+DEFAULT_ALPHA = 0.01
 DEFAULT_LOG_ODDS_SD = 1.0
 DEFAULT_REWARD_TAU = 0.05
 DEFAULT_MIN_BLOCK = 30

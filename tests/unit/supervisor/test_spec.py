@@ -43,7 +43,7 @@ def test_defaults_and_the_last_step_is_appended():
     spec = parse_spec({**BASE, "steps": [10, 30]})
     assert spec.steps == (10.0, 30.0, 100.0)
     assert spec.staleness_s == 2 * spec.interval_s
-    assert spec.sequential.alpha_per_test() == pytest.approx(0.05 / 3)
+    assert spec.sequential.alpha_per_test() == pytest.approx(0.01 / 3)
     rule = spec.rules[0]
     assert isinstance(rule, ErrorRateRule) and rule.rule_name == "error_rate" and rule.applies("canary")
 
