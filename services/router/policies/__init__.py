@@ -2,6 +2,19 @@
 
 Use :func:`build_policy` to turn a routing-config entry (kind, variants, params) into a policy;
 adding a policy means one new module plus one line in :data:`POLICIES`.
+
+    base.py            RoutingPolicy (the interface the router sees), RouteRequest, Decision, errors
+    params.py          PolicyParams and parse_params: each policy's parameter model, validated
+    shadow.py          shadow: the primary answers, `mirrors` names the shadows
+    canary.py          canary: weighted split, sticky per key
+    ab_test.py         A/B test: fixed sticky split, 0/1 outcomes, significance verdict
+    bandit.py          what the bandits share: feedback, failure reward, regret, state, carry-over
+    arms.py            per-arm statistics of the bandits
+    epsilon_greedy.py  epsilon-greedy bandit
+    ucb1.py            UCB1 bandit
+    thompson.py        Thompson sampling bandit
+    hashing.py         weighted rendezvous hashing (canary, A/B)
+    stats.py           two-proportion z-test, Wald interval, mSPRT always-valid p-value
 """
 
 from __future__ import annotations
