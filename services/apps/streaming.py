@@ -63,7 +63,7 @@ class StreamingSettings(ModelSettings):
     """Topic for loaded / rejected / swapped / unchanged records."""
     signing_key_file: Path | None = None
     """File holding the HMAC-SHA256 key models are signed with (a mounted Secret). Empty: $MODEL_SIGNING_KEY,
-    then $MODEL_SIGNING_KEY_FILE, then the local stack's .run/model-signing.key."""
+    then $MODEL_SIGNING_KEY_FILE."""
     contract_card: Path | None = None
     """model-card.json defining the input contract this app sends (feature names and order, dtype, classes).
     Empty: the newest gate-passing card of model_name in model_repository; if there is none, only compatibility

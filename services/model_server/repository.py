@@ -43,7 +43,7 @@ import numpy as np
 
 from services.core.contract import InputContract, RangePolicy
 from services.core.errors import NotFound, ServingError, Unavailable
-from services.core.lifecycle import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_SKEW_TOLERANCE, Lifecycle, Version
+from services.core.lifecycle import DEFAULT_DRAIN_TIMEOUT_S, Lifecycle, Version
 from services.core.repository import list_models, list_versions
 from services.core.repository import passed_gate as card_passed_gate
 from services.core.runtime import CARD_FILE, OnnxModel, RuntimeOptions
@@ -196,9 +196,7 @@ class Registry:
         self.repo = Path(settings.model_repository)
         self.defaults = defaults_from(settings)
         self.runtime = RuntimeOptions(settings.intra_op_threads, settings.inter_op_threads)
-        # `skew_tolerance` is read when ModelServerSettings has it; the lifecycle's default otherwise.
-        self.lifecycle = Lifecycle(self.runtime,
-                                   skew_tolerance=getattr(settings, "skew_tolerance", DEFAULT_SKEW_TOLERANCE))
+        self.lifecycle = Lifecycle(self.runtime, skew_tolerance=settings.skew_tolerance)
         self.executor = executor  # the batch worker thread, shared by every batcher
         self.models: dict[str, ModelEntry] = {}
         self.started = False

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import NonNegativeFloat, PositiveInt, field_validator
 
 from services.core.contract import RangePolicy
+from services.core.lifecycle import DEFAULT_SKEW_TOLERANCE
 from services.core.settings import DEFAULT_MODEL_REPOSITORY, ServiceSettings, settings_config
 from services.model_server.config import ConfigError, VersionPolicy
 
@@ -37,6 +38,9 @@ class ModelServerSettings(ServiceSettings):
     """Training-range check on inputs: reject (400), flag (served; counted) or off. Off: that is the app's job."""
     range_margin: float = 0.1
     """Margin added to each side of the training range, as a fraction of the range."""
+    skew_tolerance: NonNegativeFloat = DEFAULT_SKEW_TOLERANCE
+    """Integration check before a version serves: most absolute difference between the holdout accuracy measured
+    through the server's own input path and the accuracy the card claims; beyond it the version is refused as skew."""
     intra_op_threads: int = 1
     """ONNX Runtime threads inside one operator, per loaded version."""
     inter_op_threads: int = 1
