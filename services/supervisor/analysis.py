@@ -154,7 +154,9 @@ def evaluate(spec: RolloutSpec, state: RolloutState | None, evidence: Evidence, 
         action = _first_action(spec, "start")
         text = _start_text(spec, fresh, version)
         fresh = replace(fresh, checks=1).with_history(f"{now:.0f} start v{version}: {text}")
-        return Evaluation(_record(spec, fresh, fresh, now, "none", action, text, [], []), fresh)
+        # Nothing was routed by the supervisor before its first action.
+        decision = replace(_record(spec, fresh, fresh, now, "none", action, text, [], []), candidate_weight=None)
+        return Evaluation(decision, fresh)
     if state.rollout != spec.name:
         raise ValueError(f"state of rollout {state.rollout!r} given for spec {spec.name!r}")
     if state.kind != spec.kind or not _same_version(state.candidate_version, version):

@@ -18,6 +18,7 @@ non-finite number is written as null)::
       "candidate_version": 2,
       "step_index": 1,                    # index into spec.steps before the action
       "candidate_weight": 25.0,           # candidate weight (percent) before the action; null for ab-test
+                                          # and for the first check (nothing routed by the supervisor yet)
       "verdict": "pass",                  # pass | fail | inconclusive | blocked | none
       "action": {
         "kind": "step",                   # see ACTIONS

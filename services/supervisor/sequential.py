@@ -35,8 +35,8 @@ of a normal approximation is unreliable there, and the traffic split changes at 
 which breaks the random-walk structure the normal mSPRT assumes. The conditional test needs no
 variance estimate, is exact at any count, and conditioning on each interval's margins makes the
 split changes irrelevant. It is also faster: on simulated 1 % vs 5 % error streams at a 5 %
-canary it stops in a median ~120 candidate requests where the plug-in normal mSPRT (tau 0.02)
-needs ~320 (see the unit tests and the README).
+canary (alpha 0.05) it stops in a median ~120 candidate requests where the plug-in normal
+mSPRT (tau 0.02) needs ~320 (see the unit tests and the README).
 
 **Means (reward): normal mixture SPRT on the difference of means, in blocks.** Rewards are
 grouped into blocks holding at least ``min_block`` rewards per variant. Block ``k`` gives the
