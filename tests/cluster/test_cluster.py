@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client, config
 
 from services.stack.cluster import Cluster, ClusterError, host, layout
-from services.stack.cluster.cluster import dns_lookup, dns_query
+from services.stack.cluster.cluster import OWNER_FILE, dns_lookup, dns_query
 from services.stack.cluster.versions import BASE_IMAGE, K8S_VERSION
 
 pytestmark = pytest.mark.integration
@@ -346,3 +346,4 @@ def test_teardown_restores_host(k8s_session) -> None:
     assert host.diff(k8s_session.baseline, after) == {}
     assert not any(k8s_session.cluster._alive(n, p) for n, p in k8s_session.cluster._recorded_pids().items())
     assert k8s_session.cluster._shim_pids() == []
+    assert not OWNER_FILE.exists()

@@ -662,9 +662,13 @@ disabled_plugins = [
                    f"(`python -m services.stack.cluster --run-dir {other.run_dir} down` stops it)")
             self._say(msg)
             return [msg]
+        baseline = None
+        with contextlib.suppress(OSError, ValueError):
+            baseline = json.loads(self._baseline_file().read_text())
         pids = {**self._recorded_pids(), **{n: p.pid for n, p in self.procs.items()}}
+        ours = baseline is not None or bool(pids)  # else the kubepods cgroups are not ours to empty
         for name in STOP_ORDER:
-            if name == "containerd":
+            if name == "containerd" and ours:
                 problems += self._stop_containers()
             pid = pids.get(name)
             if pid:
@@ -674,12 +678,12 @@ disabled_plugins = [
                 proc.wait(timeout=1)
         self.procs.clear()
         problems += self._stop_shims()
-        left = host.unmount_under([str(self.run_dir), "/run/netns", "/run/containerd", "/var/lib/kubelet"])
+        # Mounts under the run dir, and under the fixed dirs that did not exist before (the CNI netns
+        # mounts in /run/netns are handled by restore()).
+        fixed = [d for d in ("/run/containerd", "/var/lib/kubelet") if baseline and not baseline["paths"].get(d)]
+        left = host.unmount_under([str(self.run_dir), *fixed])
         if left:
             problems.append(f"still mounted: {left}")
-        baseline = None
-        with contextlib.suppress(OSError, ValueError):
-            baseline = json.loads(self._baseline_file().read_text())
         problems += host.restore(baseline, self._say)
         problems += self._remove_state()
         if baseline is not None:

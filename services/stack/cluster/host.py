@@ -288,18 +288,30 @@ def cgroup_pids() -> list[int]:
 
 
 def _iptables_tables_to_drop(baseline_tables: list[str]) -> list[str]:
-    """Tables made by iptables-nft during the run (the kubelet's KUBE-* chains) and nothing else in them."""
+    """New iptables-nft tables that hold only the kubelet's KUBE-* chains and jumps to them."""
+    builtin = {"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"}
     drop = []
     for entry in nft_tables():
-        if entry in baseline_tables:
-            continue
         family, name = entry.split()
-        if name in ("filter", "nat", "mangle", "raw", "security") and family in ("ip", "ip6"):
-            listing = sh("nft", "list", "table", family, name, check=False)
-            chains = [ln.split()[1] for ln in listing.splitlines() if ln.strip().startswith("chain ")]
-            builtin = {"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"}
-            if all(c in builtin or c.startswith("KUBE-") for c in chains):
-                drop.append(entry)
+        if entry in baseline_tables or family not in ("ip", "ip6"):
+            continue
+        if name not in ("filter", "nat", "mangle", "raw", "security"):
+            continue
+        chain, kube_chains, foreign = None, 0, False
+        for line in sh("nft", "list", "table", family, name, check=False).splitlines():
+            words = line.split()
+            if not words or words[0] in ("table", "}", "type", "policy") or words[0].startswith("#"):
+                continue
+            if words[0] == "chain":
+                chain = words[1]
+                if chain.startswith("KUBE-"):
+                    kube_chains += 1
+                elif chain not in builtin:
+                    foreign = True
+            elif chain in builtin and "KUBE-" not in line:
+                foreign = True  # a rule someone else put in a built-in chain
+        if kube_chains and not foreign:
+            drop.append(entry)
     return drop
 
 
@@ -361,9 +373,10 @@ def restore(baseline: dict | None, log) -> list[str]:
                 shutil.rmtree(path, ignore_errors=True)
                 if os.path.lexists(path):
                     problems.append(f"could not remove {path}")
-    left = remove_cgroups()
-    if left:
-        problems.append(f"cgroups left: {left[:5]}")
+    if baseline is not None and not baseline["cgroups"]:  # the kubepods trees are ours only if they are new
+        left = remove_cgroups()
+        if left:
+            problems.append(f"cgroups left: {left[:5]}")
     conntrack = shutil.which("conntrack")
     if conntrack:  # forget the cluster's connections (harmless if none)
         for cidr, mask in ((POD_CIDR, "255.255.255.0"), (SERVICE_CIDR, "255.255.255.0")):

@@ -289,5 +289,8 @@ def build_app_image(log: Log, dockerfile: Path = DOCKERFILE, tag: str | None = N
     tmp.unlink(missing_ok=True)
     run(_buildah("push", "--quiet", tag, f"oci-archive:{tmp}:{tag}"))
     tmp.replace(out)
+    # vfs keeps a full copy per layer: drop the built image (the archive is the product), keep the base.
+    run(_buildah("rmi", "--force", tag))
+    subprocess.run(_buildah("rmi", "--prune"), capture_output=True, env=env)
     log(f"image {tag}: {out} ({out.stat().st_size / 2**20:.0f} MiB) in {time.monotonic() - t0:.0f}s")
     return out
