@@ -343,8 +343,10 @@ class Cluster:
         importer.join(ClusterError)
         self._start_kubelet()
         self._start_kube_proxy()
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=manifests.coredns())
-        self._say("CoreDNS manifests applied")
+        apply = ["apply", "--server-side", "--force-conflicts", "-f", "-"]
+        self._wait("CoreDNS manifests applied",
+                   lambda: self.kubectl(*apply, check=False, input=manifests.coredns()).returncode == 0, 20,
+                   ["etcd", "kube-apiserver"])
         daemons = list(self.procs)
         self._wait(f"node {NODE_NAME} Ready", self._node_ready, 60, daemons)
         self._wait("CoreDNS Deployment available", self._coredns_available, 90, daemons)
