@@ -56,6 +56,7 @@ helm-fetch: setup
 	@$(PY) -m services.stack.helm fetch >/dev/null
 
 # The one container image of every service (Dockerfile): buildah if installed, else docker. Not run by `make test`.
+# Without a reachable registry (as here), `python -m services.stack.cluster image` builds it on a local Debian base.
 IMAGE ?= serving-patterns:0.1.0
 BASE_IMAGE ?= python:3.11-slim-bookworm
 image: models
@@ -69,7 +70,7 @@ image: models
 		echo "make image needs buildah (apt-get install -y buildah) or docker to build the Dockerfile"; exit 1; \
 	fi
 
-test: setup models kafka-fetch promtool helm-fetch compat-setup
+test: setup models kafka-fetch promtool helm-fetch cluster-build compat-setup
 	@$(PY) -m pytest tests $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-compat
 
