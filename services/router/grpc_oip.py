@@ -25,15 +25,15 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from services.core.errors import InvalidInput, ServingError, Unavailable
+from services.core.errors import InvalidInput, Unavailable
 from services.core.grpc_status import guard
 from services.protocols.oip import open_inference_pb2 as pb
 from services.protocols.oip.tensors import output_arrays
 from services.router.dispatch import Dispatcher, Request
-from services.router.grpc_upstream import Channels, GrpcAnswer, address, answer_or_raise, reply_metadata, upstream_error
+from services.router.grpc_upstream import Channels, GrpcAnswer, address, answer_or_raise, route, upstream_error
 from services.router.settings import SERVER_NAME, SERVER_VERSION
 from services.router.shadow import Outputs
-from services.router.table import Variant
+from services.router.table import RouteTable, Variant
 from services.router.upstream import UpstreamError
 
 SERVICE = "inference.GRPCInferenceService"
@@ -138,44 +138,14 @@ class OipCodec:
             raise upstream_error(exc) from None
 
     async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return await guard(context, lambda: self._infer(raw, context))
+        return await guard(context, lambda: route(self.dispatcher, context, self.upstream, raw, _infer_request))
 
-    async def _infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        dispatcher = self.dispatcher
-        table = dispatcher.table
-        assert table is not None
-        given = key = override = None
-        sticky, forcing = table.sticky, table.override
-        for name, value in context.invocation_metadata() or ():
-            if name == "x-request-id":
-                given = value
-            elif name == forcing:
-                override = value
-            elif name == sticky:
-                key = value
-        rid = dispatcher.request_id(given if isinstance(given, str) else None)
-        try:
-            try:
-                message = _parse(pb.ModelInferRequest, raw)
-            except ServingError as exc:
-                table.unrouted.request(exc.http_status)
-                raise
-            if not key and table.body_parameter is not None:
-                key = _parameter(message.parameters, table.body_parameter)
-            request = InferRequest(message.model_name, message.model_version or None, rid, key or None,
-                                   override or None, message)
-            routed = await dispatcher.dispatch(table, request, self.upstream)
-        except ServingError:
-            context.set_trailing_metadata((("x-request-id", rid),))
-            raise
-        served, answer, _ = routed
-        metadata = reply_metadata(rid, served)
-        await context.send_initial_metadata(metadata)
-        context.set_trailing_metadata(metadata)
-        if answer.error is not None:  # the variant's verdict on a bad request: the client's mistake
-            raise answer.error
-        dispatcher.mirror(table, request, self.upstream, routed)
-        return answer.body
+
+def _infer_request(table: RouteTable, raw: bytes, rid: str, key: str | None, override: str | None) -> InferRequest:
+    message = _parse(pb.ModelInferRequest, raw)
+    if key is None and table.body_parameter is not None:
+        key = _parameter(message.parameters, table.body_parameter) or None
+    return InferRequest(message.model_name, message.model_version or None, rid, key, override, message)
 
 
 def _parse(message_class: Any, raw: bytes) -> Any:

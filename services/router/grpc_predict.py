@@ -19,14 +19,14 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from services.core.errors import InvalidInput, ServingError
+from services.core.errors import InvalidInput
 from services.core.grpc_status import guard
 from services.protocols.tfs import predict_pb2
 from services.protocols.tfs.tensors import to_numpy
 from services.router.dispatch import Dispatcher, Request
-from services.router.grpc_upstream import Channels, GrpcAnswer, address, answer_or_raise, reply_metadata
+from services.router.grpc_upstream import Channels, GrpcAnswer, address, answer_or_raise, route
 from services.router.shadow import Outputs
-from services.router.table import Variant
+from services.router.table import RouteTable, Variant
 
 SERVICE = "tensorflow.serving.PredictionService"
 PREDICT = f"/{SERVICE}/Predict"
@@ -97,43 +97,16 @@ class PredictCodec:
         return {"Predict": grpc.unary_unary_rpc_method_handler(self.predict)}
 
     async def predict(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return await guard(context, lambda: self._predict(raw, context))
+        return await guard(context, lambda: route(self.dispatcher, context, self.upstream, raw, _parse))
 
-    async def _predict(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        dispatcher = self.dispatcher
-        table = dispatcher.table
-        assert table is not None
-        given = key = override = None
-        sticky, forcing = table.sticky, table.override
-        for name, value in context.invocation_metadata() or ():
-            if name == "x-request-id":
-                given = value
-            elif name == forcing:
-                override = value
-            elif name == sticky:
-                key = value
-        rid = dispatcher.request_id(given if isinstance(given, str) else None)
-        try:
-            try:
-                message = predict_pb2.PredictRequest.FromString(raw)
-            except DecodeError:
-                error = InvalidInput("request is not a PredictRequest", field="request")
-                table.unrouted.request(error.http_status)
-                raise error from None
-            spec = message.model_spec
-            choice = spec.WhichOneof("version_choice")
-            version = None if choice is None else (
-                str(spec.version.value) if choice == "version" else spec.version_label)
-            request = PredictRequest(spec.name, version, rid, key or None, override or None, message)
-            routed = await dispatcher.dispatch(table, request, self.upstream)
-        except ServingError:
-            context.set_trailing_metadata((("x-request-id", rid),))
-            raise
-        served, answer, _ = routed
-        metadata = reply_metadata(rid, served)
-        await context.send_initial_metadata(metadata)
-        context.set_trailing_metadata(metadata)
-        if answer.error is not None:  # the variant's verdict on a bad request: the client's mistake
-            raise answer.error
-        dispatcher.mirror(table, request, self.upstream, routed)
-        return answer.body
+
+def _parse(table: RouteTable, raw: bytes, rid: str, key: str | None, override: str | None) -> PredictRequest:
+    try:
+        message = predict_pb2.PredictRequest.FromString(raw)
+    except DecodeError:
+        raise InvalidInput("the request is not a valid tensorflow.serving.PredictRequest message",
+                           field="request") from None
+    spec = message.model_spec
+    choice = spec.WhichOneof("version_choice")
+    version = None if choice is None else str(spec.version.value) if choice == "version" else spec.version_label
+    return PredictRequest(spec.name, version, rid, key, override, message)

@@ -1,26 +1,76 @@
-"""What the gRPC codecs share to call variants: channels, answers, and reading an upstream's status.
+"""What the gRPC codecs share: routing one call, channels to variants, reading an upstream's status.
 
-    channels = Channels(max_message_bytes)
+    async def predict(self, raw, context):       # a codec's method: bytes in, bytes out
+        return await guard(context, lambda: route(dispatcher, context, upstream, raw, parse))
+
+    channels = Channels(max_message_bytes)      # the codecs' upstream calls, one channel per address
     call = channels.method("127.0.0.1:8500", "/tensorflow.serving.PredictionService/Predict")
-    reply = await call(request_bytes, timeout=1.0, metadata=(("x-request-id", rid),))   # bytes in, bytes out
+    reply = await call(request_bytes, timeout=1.0, metadata=(("x-request-id", rid),))
 
 An upstream's non-OK status becomes a ServingError through `services.core.grpc_status.error_from_status`
 (`upstream_error`). A client error (INVALID_ARGUMENT, NOT_FOUND, a batch over the limit ...) is the
 caller's: it comes back as a `GrpcAnswer` carrying the error, to be passed through, and never
 counts against the variant. Anything else (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, overload ...)
 is a failure of the variant: `UpstreamError`, fail-over and ejection.
+
+`route` is a gRPC call end to end: stickiness, override and request id from the call metadata,
+the codec's `parse` (bytes -> its Request), the dispatcher, and the answer with `x-request-id`,
+`x-variant`, `x-model-version` as initial and trailing metadata (the REST front's headers).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from services.core.errors import ClientError, Overloaded, PayloadTooLarge, ServingError
 from services.core.grpc_status import error_from_status
-from services.router.table import Variant
+from services.router.dispatch import Dispatcher, Request, Upstream
+from services.router.table import RouteTable, Variant
 from services.router.upstream import UpstreamError
+
+Parse = Callable[[RouteTable, bytes, str, str | None, str | None], Request]
+"""A codec's decoder: (table, request bytes, request id, key, override) -> its Request; raises ServingError."""
+
+
+async def route(dispatcher: Dispatcher, context: grpc.aio.ServicerContext, upstream: Upstream, raw: bytes,
+                parse: Parse) -> bytes:
+    """Route one gRPC inference call; errors are raised as ServingError (run it under `guard`)."""
+    table = dispatcher.table
+    assert table is not None
+    given = key = override = None
+    sticky, forcing = table.sticky, table.override
+    for name, value in context.invocation_metadata() or ():
+        if name == "x-request-id":
+            given = value
+        elif name == forcing:
+            override = value
+        elif name == sticky:
+            key = value
+    rid = dispatcher.request_id(given if isinstance(given, str) else None)
+    try:
+        try:
+            request = parse(table, raw, rid, key or None, override or None)
+        except ServingError as exc:
+            table.unrouted.request(exc.http_status)
+            raise
+        routed = await dispatcher.dispatch(table, request, upstream)
+    except ServingError:
+        metadata = (("x-request-id", rid),)
+        await context.send_initial_metadata(metadata)
+        context.set_trailing_metadata(metadata)
+        raise
+    served, answer, _ = routed
+    metadata = reply_metadata(rid, served)
+    await context.send_initial_metadata(metadata)
+    context.set_trailing_metadata(metadata)
+    if answer.error is not None:  # the variant's verdict on a bad request: the client's mistake
+        raise answer.error
+    if table.shadows:
+        dispatcher.mirror(table, request, upstream, routed)
+    return answer.body
 
 
 class GrpcAnswer:

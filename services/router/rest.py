@@ -141,7 +141,8 @@ def build_app(router: Router) -> Any:
         out_headers.append((b"content-length", str(len(out_body)).encode()))
         await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
         await send({"type": "http.response.body", "body": out_body})
-        dispatcher.mirror(table, request, upstream, routed)
+        if table.shadows:
+            dispatcher.mirror(table, request, upstream, routed)
 
     async def v2_server(_: HttpRequest) -> HttpResponse:
         return json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
