@@ -67,7 +67,9 @@ def _imports(name: str, path: Path) -> set[str]:
         for target in names:
             while target and target not in MODULES:
                 target = target.rpartition(".")[0]
-            if target and target != name:
+            # A module's own ancestor packages are always imported before it (Python's import system), so
+            # `from services.x import sibling` inside services.x is an edge to the sibling only.
+            if target and target != name and not name.startswith(target + "."):
                 targets.add(target)
     return targets
 
