@@ -34,7 +34,8 @@ from starlette.applications import Starlette
 from services.apps.api import build_app
 from services.apps.backend import Backend, BackendResult
 from services.core.card import ModelCard
-from services.core.errors import Overloaded, ServingError, Unavailable
+from services.core.errors import NotFound, Overloaded, ServingError, Unavailable
+from services.core.grpc_status import error_from_status
 from services.core.http import serve
 from services.core.logging import configure_logging
 from services.core.repository import version_dir
@@ -146,16 +147,14 @@ class _GrpcClient:
 
 
 def _grpc_error(exc: grpc.aio.AioRpcError) -> Exception:
-    code, details = exc.code(), exc.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return _Retryable(Unavailable(f"model server unavailable: {details}"))
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return Overloaded(f"model server is shedding load: {details}")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return Unavailable("model server did not answer within the deadline")
-    if code == grpc.StatusCode.NOT_FOUND:  # the server lacks the model: our deployment's fault, not the caller's
-        return Unavailable(f"model server: {details}")
-    return ServingError(f"model server answered {code.name}: {details}")
+    """The model server's status through the one mapping (`error_from_status`), seen from the app: a
+    model the server lacks is our deployment's fault, not the caller's; only UNAVAILABLE is retried."""
+    error = error_from_status(exc.code(), f"model server: {exc.details() or exc.code().name}", exc.trailing_metadata())
+    if isinstance(error, NotFound):
+        return Unavailable(error.message)
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        return _Retryable(error)
+    return error
 
 
 class _RestClient:

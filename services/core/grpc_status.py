@@ -35,6 +35,7 @@ from services.core.errors import (
     InvalidInput,
     NotFound,
     Overloaded,
+    PayloadTooLarge,
     ServingError,
     Unauthorized,
     Unavailable,
@@ -143,7 +144,18 @@ _FROM_CODE: dict[grpc.StatusCode, type[ServingError]] = {
 }
 
 
-def error_from_status(code: grpc.StatusCode, details: str | None, **extra: Any) -> ServingError:
-    """The ServingError for an upstream's status (INTERNAL and anything unknown: a 500-class error)."""
+def error_from_status(code: grpc.StatusCode, details: str | None, trailing_metadata: Any = None,
+                      **extra: Any) -> ServingError:
+    """The ServingError for an upstream's status (INTERNAL and anything unknown: a 500-class error).
+
+    RESOURCE_EXHAUSTED means two things on the wire: a shedding server (`abort` sends `retry-after`:
+    Overloaded, retry elsewhere or later) or a message or batch over a limit (no `retry-after`:
+    PayloadTooLarge, the client's mistake)."""
     cls = _FROM_CODE.get(code, ServingError)
+    if cls is Overloaded:
+        retry_after = next((v for k, v in trailing_metadata or () if k == "retry-after"), None)
+        if retry_after is None:
+            return PayloadTooLarge(details or "request over a limit", **extra)
+        seconds = float(retry_after) if retry_after.isascii() and retry_after.isdigit() else 1.0
+        return Overloaded(details or "overloaded", retry_after_s=seconds, **extra)
     return cls(details or code.name.lower(), **extra)

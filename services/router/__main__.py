@@ -3,7 +3,7 @@
     python -m services.router          (settings from ROUTER_* environment variables)
 
 ROUTER_ROUTING_CONFIG names the routing config (YAML); see services/router/README.md.
-The HTTP API runs under uvicorn (uvloop + httptools), like every service here.
+REST runs under uvicorn (uvloop + httptools) and gRPC under grpc.aio, both through services.core.http.serve.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from services.core.http import serve
 from services.core.logging import configure_logging
+from services.router.grpc_front import GrpcFront
 from services.router.rest import build_app
 from services.router.service import Router
 from services.router.settings import RouterSettings
@@ -35,7 +36,10 @@ def main() -> None:
     except SystemExit as exc:
         print(str(exc), file=sys.stderr)
         sys.exit(2)
-    serve(build_app(router), settings)  # the app's lifespan starts and stops the router
+    fronts = ([GrpcFront(router.dispatcher, settings.host, settings.grpc_port, settings.grpc_max_message_bytes)]
+              if settings.grpc_port else [])
+    # The router starts before either front accepts a call and stops after both drained.
+    serve(build_app(router), settings, servers=fronts, on_start=[router.start], on_stop=[router.stop])
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from services.core.errors import ClientError, Overloaded, PayloadTooLarge, ServingError
+from services.core.errors import ClientError, ServingError
 from services.core.grpc_status import error_from_status
 from services.router.dispatch import Dispatcher, Request, Upstream
 from services.router.table import RouteTable, Variant
@@ -123,12 +123,7 @@ def address(variant: Variant) -> str:
 
 def upstream_error(exc: grpc.aio.AioRpcError) -> ServingError:
     """The ServingError an upstream's status stands for."""
-    error = error_from_status(exc.code(), exc.details())
-    if isinstance(error, Overloaded) and not _has_retry_after(exc.trailing_metadata()):
-        # RESOURCE_EXHAUSTED without Retry-After is a message or batch over a limit: the client's
-        # mistake (a shedding server always sends Retry-After; see core.grpc_status.abort).
-        error = PayloadTooLarge(error.message)
-    return error
+    return error_from_status(exc.code(), exc.details(), exc.trailing_metadata())
 
 
 def answer_or_raise(exc: grpc.aio.AioRpcError) -> GrpcAnswer:
@@ -145,6 +140,3 @@ def reply_metadata(request_id: str, served: Variant) -> tuple[tuple[str, str], .
     return (("x-request-id", request_id), ("x-variant", served.name),
             ("x-model-version", served.model_version.decode()))
 
-
-def _has_retry_after(metadata: Any) -> bool:
-    return any(key == "retry-after" for key, _ in metadata or ())

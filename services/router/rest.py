@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -92,7 +91,7 @@ def _failure(resp: Response) -> UpstreamError:
 
 
 def build_app(router: Router) -> Any:
-    """The ASGI application. Starting it (lifespan) starts the router; stopping it saves state."""
+    """The ASGI application over a started router (the process starts and stops it: `__main__.py`)."""
     dispatcher, control, settings = router.dispatcher, router.control, router.settings
     upstream = RestUpstream()
     max_body = settings.max_body_bytes
@@ -167,14 +166,6 @@ def build_app(router: Router) -> Any:
     async def not_found(request: HttpRequest) -> HttpResponse:
         raise NotFound(f"no such endpoint: {request.method} {request.url.path}", field="path")
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await router.start()
-        try:
-            yield
-        finally:
-            await router.stop()
-
     starlette = Starlette(
         routes=[
             Route("/v2", v2_server),
@@ -191,7 +182,6 @@ def build_app(router: Router) -> Any:
             Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
     )
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -2,9 +2,12 @@
 
     router = Router(settings)
     router.load()          # config and saved state; SystemExit naming the problem (before binding a port)
-    await router.start()   # shadow workers, the gRPC front (ROUTER_GRPC_PORT), config poller, state saver
+    await router.start()   # shadow workers, config poller, state saver
     ...                    # requests: services.router.rest (REST), services.router.grpc_front (gRPC)
-    await router.stop()    # stop tasks and fronts, save state, close connections
+    await router.stop()    # stop tasks, save state, close connections
+
+The process (`__main__.py`) runs both fronts through `services.core.http.serve`, which starts the
+router first and stops it last, after REST and gRPC drained together.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import asyncio
 
 from services.router.control import Control
 from services.router.dispatch import Dispatcher
-from services.router.grpc_front import GrpcFront
 from services.router.settings import RouterSettings
 from services.router.upstream import Pools
 
@@ -25,7 +27,6 @@ class Router:
                            idle_timeout_s=settings.upstream_idle_timeout_s)
         self.dispatcher = Dispatcher()
         self.control = Control(settings, self.dispatcher, self.pools)
-        self.grpc: GrpcFront | None = None
         self.started = False
         self._tasks: list[asyncio.Task] = []
 
@@ -37,9 +38,6 @@ class Router:
         s = self.settings
         self.load()
         self.dispatcher.mirrors.start()
-        if s.grpc_port:
-            self.grpc = GrpcFront(self.dispatcher, s.host, s.grpc_port, s.grpc_max_message_bytes)
-            await self.grpc.start()
         if s.config_poll_s > 0:
             self._tasks.append(asyncio.create_task(self.control.poll_config(), name="config-poll"))
         if self.control.state_file.enabled:
@@ -48,9 +46,6 @@ class Router:
         self.started = True
 
     async def stop(self) -> None:
-        if self.grpc is not None:
-            await self.grpc.stop(self.settings.shutdown_grace_s)
-            self.grpc = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
