@@ -35,11 +35,8 @@ from services.core.logging import configure_logging
 from services.core.runtime import RuntimeOptions
 from services.core.settings import ModelSettings, settings_config
 from services.kafka import messages
-from services.kafka.emitter import BackgroundEmitter
-from services.kafka.events import ModelEvents
-from services.kafka.follower import ModelFollower, reference_card
-from services.kafka.subscriber import ModelHandler, ModelSubscriber
-from services.kafka.topics import MODEL_EVENTS, MODELS, PREDICTIONS, SCORING_PARTITIONS, plain_topic
+from services.kafka.follower import follow_models_topic, reference_card
+from services.kafka.topics import MODEL_EVENTS, MODELS, PREDICTIONS, SCORING_PARTITIONS
 
 log = logging.getLogger(__name__)
 APP_NAME = "streaming"
@@ -88,27 +85,15 @@ class StreamingSettings(ModelSettings):
 
 
 def create_app(settings: StreamingSettings) -> Any:
-    key = messages.load_signing_key(settings.signing_key_file)
-    emitter = BackgroundEmitter(settings.bootstrap_servers, name="model-events", buffer_size=settings.events_buffer,
-                                backoff_max_s=settings.backoff_max_s,
-                                topics=[plain_topic(settings.model_events_topic)])
-    emitter.start()
-    events = ModelEvents(emitter, settings.model_events_topic, app=APP_NAME)
-
-    def subscriber(handler: ModelHandler) -> ModelSubscriber:
-        return ModelSubscriber(settings.bootstrap_servers, settings.models_topic, settings.model_name, handler,
-                               backoff_max_s=settings.backoff_max_s, client_id=f"{APP_NAME}-{events.instance}")
-
-    follower = ModelFollower(
-        model_name=settings.model_name,
-        key=key,
-        events=events,
+    follower = follow_models_topic(
+        app=APP_NAME, bootstrap_servers=settings.bootstrap_servers, models_topic=settings.models_topic,
+        model_events_topic=settings.model_events_topic, model_name=settings.model_name,
+        signing_key_file=settings.signing_key_file, backoff_max_s=settings.backoff_max_s,
         lifecycle=Lifecycle(RuntimeOptions(settings.intra_op_threads, settings.inter_op_threads),
                             skew_tolerance=settings.skew_tolerance),
         build=version_builder(settings.max_batch_size),
-        subscriber_factory=subscriber,
-        reference_card=reference_card(settings.model_repository, settings.model_name, settings.contract_card),
-    )
+        reference=reference_card(settings.model_repository, settings.model_name, settings.contract_card),
+        events_buffer=settings.events_buffer)
     backend = HotSwapBackend(follower)
     sinks: tuple[PredictionLog, ...] = ()
     if settings.prediction_log:

@@ -47,8 +47,10 @@ from services.core.lifecycle import Lifecycle, LoadFailed, Slot, V, log_refusal
 from services.core.repository import version_dir
 from services.core.runtime import CARD_FILE, OnnxModel
 from services.kafka import messages, metrics
+from services.kafka.emitter import BackgroundEmitter
 from services.kafka.events import ModelEvents
-from services.kafka.subscriber import ModelHandler
+from services.kafka.subscriber import ModelHandler, ModelSubscriber
+from services.kafka.topics import plain_topic
 
 log = logging.getLogger(__name__)
 
@@ -215,3 +217,23 @@ class ModelFollower(Generic[V]):
         metrics.MODEL_MESSAGES.labels(self.model_name, label, "rejected").inc()
         self.events.emit("rejected", self.model_name, version, sha256=sha, reason=exc.code, detail=exc.message,
                          source=_source(record))
+
+
+def follow_models_topic(*, app: str, bootstrap_servers: str, models_topic: str, model_events_topic: str,
+                        model_name: str, signing_key_file: Path | None, backoff_max_s: float, lifecycle: Lifecycle,
+                        build: Callable[[OnnxModel], V], reference: ModelCard | None,
+                        events_buffer: int = 1_000) -> ModelFollower[V]:
+    """A follower of `model_name` on the models topic, recording its decisions on `model_events_topic`:
+    the wiring the streaming app and the scoring worker share."""
+    key = messages.load_signing_key(signing_key_file)
+    emitter = BackgroundEmitter(bootstrap_servers, name="model-events", buffer_size=events_buffer,
+                                backoff_max_s=backoff_max_s, topics=[plain_topic(model_events_topic)])
+    emitter.start()
+    events = ModelEvents(emitter, model_events_topic, app=app)
+
+    def subscriber(handler: ModelHandler) -> ModelSubscriber:
+        return ModelSubscriber(bootstrap_servers, models_topic, model_name, handler,
+                               backoff_max_s=backoff_max_s, client_id=f"{app}-{events.instance}")
+
+    return ModelFollower(model_name=model_name, key=key, events=events, lifecycle=lifecycle, build=build,
+                         subscriber_factory=subscriber, reference_card=reference)

@@ -35,14 +35,10 @@ from services.core.logging import configure_logging
 from services.core.repository import version_dir
 from services.core.runtime import RuntimeOptions
 from services.kafka import messages
-from services.kafka.emitter import BackgroundEmitter
-from services.kafka.events import ModelEvents
-from services.kafka.follower import ModelFollower, reference_card
+from services.kafka.follower import follow_models_topic, reference_card
 from services.kafka.scoring.batch import ScoringVersion
 from services.kafka.scoring.settings import ScoringSettings
 from services.kafka.scoring.worker import ScoringWorker
-from services.kafka.subscriber import ModelHandler, ModelSubscriber
-from services.kafka.topics import plain_topic
 
 log = logging.getLogger(__name__)
 APP_NAME = "scoring"
@@ -89,19 +85,11 @@ def model_source(settings: ScoringSettings) -> ModelSource:
                                    range_margin=settings.range_margin, max_record_bytes=settings.max_record_bytes)
     if not settings.follow_models:
         return RepositoryModel(settings, lifecycle, build)
-    key = messages.load_signing_key(settings.signing_key_file)
-    emitter = BackgroundEmitter(settings.bootstrap_servers, name="model-events", backoff_max_s=settings.backoff_max_s,
-                                topics=[plain_topic(settings.model_events_topic)])
-    emitter.start()
-    events = ModelEvents(emitter, settings.model_events_topic, app=APP_NAME)
-
-    def subscriber(handler: ModelHandler) -> ModelSubscriber:
-        return ModelSubscriber(settings.bootstrap_servers, settings.models_topic, settings.model_name, handler,
-                               backoff_max_s=settings.backoff_max_s, client_id=f"{APP_NAME}-{events.instance}")
-
-    return ModelFollower(model_name=settings.model_name, key=key, events=events, lifecycle=lifecycle, build=build,
-                         subscriber_factory=subscriber,
-                         reference_card=reference_card(settings.model_repository, settings.model_name))
+    return follow_models_topic(
+        app=APP_NAME, bootstrap_servers=settings.bootstrap_servers, models_topic=settings.models_topic,
+        model_events_topic=settings.model_events_topic, model_name=settings.model_name,
+        signing_key_file=settings.signing_key_file, backoff_max_s=settings.backoff_max_s, lifecycle=lifecycle,
+        build=build, reference=reference_card(settings.model_repository, settings.model_name))
 
 
 def create_app(settings: ScoringSettings) -> Starlette:
