@@ -12,7 +12,8 @@ state leave to the side. One module per concern:
     state.py           the state file, written atomically
     dispatch.py        the one inference path for every protocol: decide, call, fail over, settle
     ejection.py        consecutive-failure outlier ejection
-    feedback.py        decisions awaiting feedback, and applying POST /feedback to the policy
+    feedback.py        answered requests awaiting feedback, and applying POST /feedback (every policy)
+    quality.py         per-variant quality: predicted labels, accuracy and rewards from feedback
     shadow.py          the shadow mirror: bounded queue, workers, answer comparison
     upstream.py        the lean HTTP/1.1 client with keep-alive pools (REST variants)
     grpc_upstream.py   gRPC channels to variants and reading an upstream's status
@@ -20,7 +21,7 @@ state leave to the side. One module per concern:
     grpc_predict.py    gRPC codec: TF Serving PredictionService/Predict
     grpc_oip.py        gRPC codec: Open Inference Protocol inference.GRPCInferenceService (KServe V2)
     grpc_front.py      the gRPC port (ROUTER_GRPC_PORT) hosting the gRPC codecs
-    admin.py           operator API: bearer auth, feedback, reports, shadow summary, routing config
+    admin.py           operator API: bearer auth, feedback, quality, reports, shadow summary, routing config
     service.py         the parts wired together, started and stopped
     errors.py          the router's leaves of the error hierarchy (403, 409, 412, 502)
     metrics.py         Prometheus metrics and per-variant metric children

@@ -1,6 +1,8 @@
 """The router's operator API: feedback, reports, and the bearer-token-protected routing config.
 
-    POST /feedback                 {"request_id" | "key", "reward" | "outcome"}  (services.router.feedback)
+    POST /feedback                 {"request_id" | "key", "label" | "labels" and/or "reward" | "outcome"},
+                                   under every policy (services.router.feedback)
+    GET  /quality                  per-variant accuracy, mean reward, predicted labels (services.router.quality)
     GET  /experiments/{name}       the policy's report (A/B: counts, rates, verdict; others: their state)
     GET  /policy  (alias /bandit)  policy state, pending feedback per variant, per-variant health
     GET  /shadow/summary           shadow comparison (REST and gRPC mirrors alike)
@@ -14,6 +16,7 @@ rotated Secret applies at once); without one the admin API answers 403 'disabled
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -105,15 +108,23 @@ def shadow_summary(dispatcher: Dispatcher) -> dict[str, Any]:
             "shadow_variants": [v.name for v in table.shadows], **dispatcher.mirrors.summary()}
 
 
+def quality(dispatcher: Dispatcher) -> dict[str, Any]:
+    table = dispatcher.table
+    assert table is not None
+    return {"policy": table.kind, "config_version": table.version,
+            "shadow_variants": [v.name for v in table.shadows],
+            "variants": dispatcher.quality.summary(list(table.variants))}
+
+
 def routes(dispatcher: Dispatcher, control: Control, settings: RouterSettings) -> list[Route]:
     """The operator endpoints as Starlette routes (errors leave through core.http's handlers)."""
 
     async def feedback(request: Request) -> Response:
         try:
-            body = parse_json_object(await read_body(request, settings.max_body_bytes))
+            body = _feedback_body(await read_body(request, settings.max_body_bytes))
             table = dispatcher.table
             assert table is not None
-            result = apply_feedback(table, dispatcher.pending, body)
+            result = apply_feedback(table, dispatcher.pending, dispatcher.quality, body)
         except ServingError as exc:
             metrics.FEEDBACK.labels(exc.code).inc()
             raise
@@ -130,6 +141,9 @@ def routes(dispatcher: Dispatcher, control: Control, settings: RouterSettings) -
     async def shadow(_: Request) -> Response:
         return json_response(shadow_summary(dispatcher))
 
+    async def quality_view(_: Request) -> Response:
+        return json_response(quality(dispatcher))
+
     async def admin_routing(request: Request) -> Response:
         check_admin(settings, request.headers.get("authorization"))
         if request.method == "GET":
@@ -145,8 +159,25 @@ def routes(dispatcher: Dispatcher, control: Control, settings: RouterSettings) -
         Route("/policy", policy),
         Route("/bandit", policy),
         Route("/shadow/summary", shadow),
+        Route("/quality", quality_view),
         Route("/admin/routing", admin_routing, methods=["GET", "PUT"]),
     ]
+
+
+def _feedback_body(raw: bytes) -> dict[str, Any]:
+    """The feedback JSON object. NaN, Infinity and numbers too large for a double (strict JSON
+    parsers refuse them) are read as the values they mean, so the field they sit in is named in
+    the 400 (`reward: must be finite`), not just "invalid JSON"."""
+    try:
+        return parse_json_object(raw)
+    except InvalidInput as strict:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if not isinstance(data, dict):
+            raise strict from None
+        return data
 
 
 async def _read_text(request: Request, limit: int) -> str:

@@ -4,7 +4,8 @@
     wire bytes -> Request ----------------------->  decide:  model / version routed here? policy.choose
                                                     call:    upstream.call(chosen); on failure (or while
                                                              the chosen one is ejected) the fallback, once
-                                                    settle:  metrics, outlier detector, feedback table
+                                                    settle:  metrics, outlier detector, predicted labels,
+                                                             feedback table (every answered request)
     wire bytes <- (variant, answer, latency) <----
     ... response sent ...  dispatcher.mirror(...)   shadow copies, off the response path
 
@@ -18,6 +19,12 @@ The dispatcher's own refusals are `ServingError`s; the codec puts them on the wi
 
 Policy behaviour reaches this module only through `RoutingPolicy`: `choose`, `on_result`,
 `takes_feedback`, `on_failure`, `mirrors`.
+
+Every answered request is recorded for outcome feedback (`feedback.PendingStore`) with the labels
+its answer predicted — under every policy, since feedback feeds the per-variant quality metrics
+(`quality.py`) as well as a learning policy. A learning policy's request answered by the fallback
+after its chosen variant failed is closed instead (its outcome is not the chosen variant's); under
+the other policies it is recorded for the variant that answered.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from services.router.ejection import OutlierDetector
 from services.router.errors import BadGateway
 from services.router.feedback import PendingStore
 from services.router.policies import RouteRequest, UnknownVariantError
+from services.router.quality import Quality
 from services.router.shadow import Outputs, ShadowMirror
 from services.router.table import RouteTable, Variant
 from services.router.upstream import UpstreamError
@@ -94,6 +102,8 @@ class Dispatcher:
                                         on_eject=_on_eject, on_return=_on_return)
         self.pending = PendingStore(ttl_s=3600.0, max_pending=100_000)
         self.mirrors = ShadowMirror(self.detector, queue_size=1000, workers=4, timeout_s=None, sample_rate=1.0)
+        self.quality = Quality()
+        self.mirrors.on_outputs = self._shadow_outputs
         self.dirty = False
         """Something the state file keeps changed since it was last written."""
         self._ids = itertools.count(1)
@@ -165,12 +175,18 @@ class Dispatcher:
             latency = time.perf_counter() - t0
         except UpstreamError as exc:
             served, answer, latency, failures = await self._fail_over(first, fallback, request, upstream, exc)
-        if table.learns:
+        if served is not None and (served is chosen or not table.learns):
             self.dirty = True
-            if served is chosen:
-                self.pending.add(rid, chosen.name, request.key, table.epoch)
-            else:
-                self._settle_failed(table, chosen.name, rid)
+            labels = None
+            if answer.status < 300:
+                outputs = upstream.outputs(answer.body)
+                if outputs is not None and outputs[0]:
+                    labels = tuple(outputs[0])
+                    self.quality.of(served.name).predicted_labels(outputs[0], outputs[1])
+            self.pending.add(rid, served.name, request.key, table.epoch, labels)
+        elif table.learns:
+            self.dirty = True
+            self._settle_failed(table, chosen.name, rid)
         table.policy.on_result(decision, rid, served is chosen, latency)
         if served is None:
             table.unrouted.request(BadGateway.http_status)
@@ -203,6 +219,12 @@ class Dispatcher:
         served, answer, latency = routed
         if table.shadows and answer.status < 400:
             self.mirrors.offer(table.shadows, request, upstream, served.name, answer.body, latency)
+
+    def _shadow_outputs(self, request_id: str, variant: str, labels: list, probabilities: list | None) -> None:
+        """A shadow's answer to a mirrored request was compared: count its labels, keep them for feedback."""
+        self.quality.of(variant).predicted_labels(labels, probabilities)
+        if self.pending.attach_shadow(request_id, variant, tuple(labels)):
+            self.dirty = True
 
     def _settle_failed(self, table: RouteTable, chosen: str, rid: str) -> None:
         try:

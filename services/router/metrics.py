@@ -24,6 +24,33 @@
     router_shadow_latency_diff_seconds{variant}       gauge     mean (shadow - primary) latency so far
     router_shadow_queue_depth                         gauge     mirrors waiting
 
+Model quality, from outcome feedback (`POST /feedback`, every policy) and the answers themselves:
+
+    router_feedback_labels_total{variant}             counter   label feedback for requests this variant answered
+                                                                (or, for a shadow, predicted: mirrored and compared)
+    router_feedback_correct_total{variant}            counter   of those, rows whose predicted label was the true one
+    router_feedback_rewards_total{variant}            counter   rewards (or A/B outcomes) received for requests this
+                                                                variant answered (shadows get none: the client never
+                                                                saw their answer)
+    router_feedback_reward_sum{variant}               summary   sum of those rewards; with
+    router_feedback_reward_count{variant}                       (= rewards_total). A summary without quantiles, not a
+                                                                gauge, so the name keeps its `_sum` (promtool forbids
+                                                                `_sum` on other types). Rewards may be negative (bandits
+                                                                without a declared range, canary/shadow): the sum then
+                                                                decreases — read differences of raw samples (or PromQL
+                                                                `delta()`), never `rate()`/`increase()`
+    router_feedback_reward_squares_sum{variant}       summary   sum of squared rewards (never decreases), for the
+    router_feedback_reward_squares_count{variant}               variance; `_count` equals rewards_total
+    router_predicted_labels_total{variant, label}     counter   labels predicted (one per row) by answers the variant
+                                                                gave, and by shadows' mirrored answers; `label` is
+                                                                the predicted class index as a string ("0", "1"...),
+                                                                at most 32 distinct values per variant, then "other"
+
+Accuracy = correct / labels; mean reward = reward_sum / rewards; reward variance =
+squares_sum / rewards - mean^2 (all over the same window: differences of two scrapes). Rows, not
+requests: a multi-row request's label feedback (`labels`) counts one per row. The same numbers,
+cumulative since the router started, are at GET /quality.
+
 Label agreement rate = agreeing_rows / compared_rows; mean absolute probability difference =
 abs_prob_diff_sum / compared_rows (both as PromQL `rate()` ratios for a moving window).
 Label values are variant names from the config, never client input. The hot path never calls
@@ -32,7 +59,7 @@ Label values are variant names from the config, never client input. The hot path
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Summary
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -71,6 +98,17 @@ SHADOW_SECONDS = Histogram(
 )
 SHADOW_LATENCY_DIFF = Gauge("router_shadow_latency_diff_seconds", "Mean shadow minus primary latency.", ["variant"])
 SHADOW_QUEUE = Gauge("router_shadow_queue_depth", "Mirrors waiting to be sent.")
+
+FEEDBACK_LABELS = Counter("router_feedback_labels", "Label feedback rows per variant that predicted them.", ["variant"])
+FEEDBACK_CORRECT = Counter("router_feedback_correct", "Label feedback rows the variant predicted right.", ["variant"])
+FEEDBACK_REWARDS = Counter("router_feedback_rewards", "Rewards received per variant that answered.", ["variant"])
+FEEDBACK_REWARD = Summary("router_feedback_reward", "Rewards per variant (_sum may decrease: negative rewards).",
+                          ["variant"])
+FEEDBACK_REWARD_SQUARES = Summary("router_feedback_reward_squares", "Squared rewards per variant.", ["variant"])
+PREDICTED_LABELS = Counter("router_predicted_labels", "Labels predicted per variant (shadows included).",
+                           ["variant", "label"])
+#: Distinct `label` values of router_predicted_labels_total per variant; more become "other".
+MAX_LABEL_VALUES = 32
 
 
 class VariantMetrics:

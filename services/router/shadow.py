@@ -16,7 +16,10 @@ is sent, so the shadow never competes with the primary for the request's own tim
 Comparison, per shadow variant: label agreement rate (rows whose label is equal), mean absolute
 probability difference (per row, mean over classes of |p_shadow - p_primary|; then averaged over
 rows), the latency difference (shadow - primary, mean and percentiles of recent requests) and
-shadow errors by kind. Exposed as metrics (`router_shadow_*`) and at GET /shadow/summary.
+shadow errors by kind. Exposed as metrics (`router_shadow_*`) and at GET /shadow/summary. A compared
+shadow's labels are also handed to the dispatcher (`on_outputs`): they count as the shadow's
+predicted labels and are kept with the request awaiting feedback, so a true label sent later
+scores the shadow too (its accuracy, beside the primary's).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +142,9 @@ class ShadowMirror:
         self._workers: list[asyncio.Task] = []
         self.stats: dict[str, ShadowStats] = {}
         self._rng = random.Random()
+        self.on_outputs: Callable[[str, str, list, list | None], None] | None = None
+        """Called with (request id, shadow variant, its labels, its probabilities) for each compared
+        mirror: the dispatcher counts the labels and keeps them for outcome feedback."""
 
     @property
     def queue_size(self) -> int:
@@ -249,6 +256,8 @@ class ShadowMirror:
             stats.incomparable += 1
             return
         rows, agree, diff_sum, diff_max = result
+        if self.on_outputs is not None:
+            self.on_outputs(mirror.request.request_id, shadow.name, candidate[0], candidate[1])  # type: ignore[index]
         stats.compared_requests += 1
         stats.rows += rows
         stats.agreeing_rows += agree

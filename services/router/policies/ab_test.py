@@ -115,12 +115,18 @@ class ABTestPolicy(RoutingPolicy):
             self._assignments[i] += 1
         return decision
 
+    @property
+    def reward_range(self) -> tuple[float, float]:
+        return 0.0, 1.0
+
+    def check_reward(self, reward: float) -> float:
+        if isinstance(reward, bool) or (isinstance(reward, (int, float)) and reward in (0, 1)):
+            return float(reward)
+        raise InvalidRewardError(f"reward: an A/B outcome must be 0 or 1, got {reward!r}")
+
     def on_reward(self, variant: str, reward: float) -> None:
         i = self._variant_index(variant)
-        if isinstance(reward, bool) or reward in (0, 1):
-            converted = int(reward)
-        else:
-            raise InvalidRewardError(f"reward: an A/B outcome must be 0 or 1, got {reward!r}")
+        converted = int(self.check_reward(reward))
         with self._lock:
             if self._params.count_by == "assignments" and self._conversions[i] + converted > self._assignments[i]:
                 raise InvalidRewardError(

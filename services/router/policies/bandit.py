@@ -84,6 +84,9 @@ class BanditPolicy(RoutingPolicy):
             previous = {**previous, "arms": {k: v for k, v in arms.items() if k in self._index}}
         self.load_state(previous)
 
+    def check_reward(self, reward: float) -> float:
+        return self._check_reward(finite_reward(reward))
+
     def on_reward(self, variant: str, reward: float) -> None:
         i = self._variant_index(variant)
         value = self._check_reward(finite_reward(reward))

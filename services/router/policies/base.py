@@ -75,8 +75,14 @@ class Decision:
     reason: str
 
 
+#: Largest reward magnitude any policy takes: sums of squares of rewards (variances, the router's
+#: `router_feedback_reward_squares_sum`) stay finite and exact enough; 1e300 would overflow them.
+MAX_ABS_REWARD = 1e9
+
+
 def finite_reward(reward: float) -> float:
-    """Coerce to float and reject NaN/inf and non-numbers with InvalidRewardError."""
+    """Coerce to float and reject NaN/inf, magnitudes beyond MAX_ABS_REWARD and non-numbers with
+    InvalidRewardError."""
     if isinstance(reward, bool):
         return float(reward)
     try:
@@ -85,6 +91,8 @@ def finite_reward(reward: float) -> float:
         raise InvalidRewardError(f"reward: expected a number, got {reward!r}") from None
     if not math.isfinite(value):
         raise InvalidRewardError(f"reward: must be finite, got {reward!r}")
+    if abs(value) > MAX_ABS_REWARD:
+        raise InvalidRewardError(f"reward: {reward!r} is beyond the largest magnitude taken ({MAX_ABS_REWARD:g})")
     return value
 
 
@@ -126,6 +134,23 @@ class RoutingPolicy(ABC):
     def on_reward(self, variant: str, reward: float) -> None:
         """Called with a (possibly delayed) business reward for a variant. Default: ignore."""
         return None
+
+    @property
+    def reward_range(self) -> tuple[float, float] | None:
+        """The rewards this policy can learn from, (low, high) inclusive; None: any finite reward
+        (of magnitude at most MAX_ABS_REWARD). Default: None."""
+        return None
+
+    def check_reward(self, reward: float) -> float:
+        """Validate a reward without changing anything: the float value, or InvalidRewardError naming
+        the problem (NaN, inf, too large, outside :attr:`reward_range`). The router calls it for every
+        reward, under every policy, before any state changes. Default: finite and in range."""
+        value = finite_reward(reward)
+        bounds = self.reward_range
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            raise InvalidRewardError(f"reward: {reward!r} is outside [{bounds[0]:g}, {bounds[1]:g}], "
+                                     f"the rewards the {self.kind} policy takes")
+        return value
 
     def on_failure(self, variant: str, reward: float | None) -> bool:
         """The chosen variant failed and the fallback answered; ``reward`` is the config's failure

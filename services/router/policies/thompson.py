@@ -97,6 +97,10 @@ class ThompsonPolicy(BanditPolicy):
         for i in range(len(self._variants)):
             self._after_update(i)
 
+    @property
+    def reward_range(self) -> tuple[float, float] | None:
+        return (0.0, 1.0) if self._params.reward == "bernoulli" else None
+
     def _check_reward(self, reward: float) -> float:
         if self._params.reward == "bernoulli" and not 0.0 <= reward <= 1.0:
             raise InvalidRewardError(f"reward: Bernoulli Thompson needs rewards in [0, 1], got {reward}")

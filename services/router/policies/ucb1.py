@@ -69,6 +69,10 @@ class UCB1Policy(BanditPolicy):
         super().__init__(variants, rng)
         self._params = parse_params(UCB1Params, self.kind, self._variants, params)
 
+    @property
+    def reward_range(self) -> tuple[float, float]:
+        return self._params.reward_min, self._params.reward_max
+
     def _check_reward(self, reward: float) -> float:
         lo, hi = self._params.reward_min, self._params.reward_max
         if not lo <= reward <= hi:

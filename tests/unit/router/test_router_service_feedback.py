@@ -139,6 +139,28 @@ def test_load_rejects_bad_rows_and_changes_nothing() -> None:
     clock = Clock()
     s = store(clock)
     s.add("r1", "a", None, epoch=0)
-    with pytest.raises(ValueError, match=r"pending\[0\]: expected \[request_id, variant, key, time, epoch\]"):
+    with pytest.raises(ValueError, match=r"pending\[0\]: expected \[request_id, variant, key, time, epoch, labels"):
         s.load({"pending": [["x", "a"]]})
     s.get("r1")
+
+
+def test_predicted_and_shadow_labels_are_kept_persisted_and_bounded() -> None:
+    clock = Clock()
+    s = store(clock, max_pending=2)
+    s.add("r1", "stable", None, epoch=0, labels=(1,))
+    assert s.attach_shadow("r1", "candidate", (0,))
+    assert not s.attach_shadow("r1", "candidate", (0,))  # one per shadow
+    assert not s.attach_shadow("r1", "stable", (0,))  # the answering variant is no shadow of itself
+    assert not s.attach_shadow("never", "candidate", (0,))  # nothing kept for unknown ids
+    fresh = store(clock)
+    fresh.load(json.loads(json.dumps(s.dump())))
+    _, entry = fresh.get("r1")
+    assert entry.labels == (1,) and entry.shadows == (("candidate", (0,)),)
+    # rows of the old layout (no labels) still load
+    fresh.load({"pending": [["old", "a", None, clock.now, 0]]})
+    assert fresh.get("old")[1].labels is None
+    s.add("r2", "stable", None, epoch=0, labels=(0,))
+    s.add("r3", "stable", None, epoch=0, labels=(0,))  # evicts r1 with its shadow labels
+    assert len(s) == 2
+    with pytest.raises(Gone):
+        s.get("r1")

@@ -207,7 +207,7 @@ async def test_bad_requests_get_4xx_naming_the_problem(stubs, harness) -> None:
         (await harness.client.post("/v2/models/m/versions/9/infer", json=BODY), 404, "version '9' is not routed"),
         (await harness.infer({"x-variant": "ghost"}), 400, "x-variant: unknown variant 'ghost'"),
         (await harness.client.post("/v2/models/m/infer", content=b""), 400, "request body is empty"),
-        (await harness.client.post("/feedback", json={"request_id": "r"}), 400, "exactly one of reward"),
+        (await harness.client.post("/feedback", json={"request_id": "r"}), 400, "a label (or labels"),
         (await harness.client.post("/feedback", content=b"{"), 400, "not valid JSON"),
         (await harness.client.get("/experiments/nope"), 404, "unknown experiment 'nope'"),
         (await harness.client.get("/nope"), 404, "no such endpoint"),
@@ -421,11 +421,171 @@ async def test_ab_feedback_by_key_and_experiment_report(stubs, harness) -> None:
     assert canary.status_code == 404
 
 
-async def test_feedback_to_a_policy_that_does_not_learn_is_409(stubs, harness) -> None:
+def quality_metrics(variant: str) -> dict[str, float]:
+    return {
+        "labels": metric("router_feedback_labels_total", variant=variant),
+        "correct": metric("router_feedback_correct_total", variant=variant),
+        "rewards": metric("router_feedback_rewards_total", variant=variant),
+        "reward_sum": metric("router_feedback_reward_sum", variant=variant),
+        "squares": metric("router_feedback_reward_squares_sum", variant=variant),
+        "pred0": metric("router_predicted_labels_total", variant=variant, label="0"),
+        "pred1": metric("router_predicted_labels_total", variant=variant, label="1"),
+    }
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before[k] for k in after}
+
+
+async def test_quality_is_null_without_feedback(stubs, harness) -> None:
     a, b = stubs
     await harness.start(config(a, b))
-    r = await harness.client.post("/feedback", json={"request_id": "x", "reward": 1})
-    assert r.status_code == 409 and "takes no feedback" in r.json()["error"]
+    q = (await harness.client.get("/quality")).json()
+    assert q["policy"] == "canary" and list(q["variants"]) == ["stable", "candidate"]
+    for v in q["variants"].values():
+        assert v["labels"] == 0 and v["accuracy"] is None and v["rewards"] == 0 and v["mean_reward"] is None
+    await harness.infer({"x-variant": "stable"})
+    q = (await harness.client.get("/quality")).json()["variants"]["stable"]
+    assert q["predicted_labels"] == {"1": 1} and q["accuracy"] is None and q["classes"] == 2
+
+
+async def test_canary_takes_labels_and_rewards_and_scores_each_variant(stubs, harness) -> None:
+    a, b = stubs  # stable predicts 1, candidate predicts 0
+    await harness.start(config(a, b))
+    client = harness.client
+    before = {v: quality_metrics(v) for v in ("stable", "candidate")}
+    truths = [1, 1, 0, 1, 0, 1, 1, 1, 0, 1, 1, 1]
+    expected = {"stable": [0, 0, 0, 0.0, 0.0], "candidate": [0, 0, 0, 0.0, 0.0]}
+    for i, truth in enumerate(truths):
+        r = await harness.infer({"x-user-id": f"user-{i}"})
+        variant, predicted = r.headers["x-variant"], r.json()["outputs"][0]["data"][0]
+        reward = -2.5 if i % 3 == 0 else 1.5  # canary: any finite reward, negative too
+        fb = await client.post("/feedback", json={"request_id": r.headers["x-request-id"], "label": truth,
+                                                  "reward": reward})
+        assert fb.status_code == 200, fb.text
+        assert fb.json()["correct"] is (predicted == truth) and fb.json()["variant"] == variant
+        e = expected[variant]
+        e[0] += 1
+        e[1] += predicted == truth
+        e[2] += 1
+        e[3] += reward
+        e[4] += reward * reward
+    assert all(e[0] for e in expected.values()), "both variants should have answered some requests"
+    q = (await client.get("/quality")).json()["variants"]
+    for variant, (labels, correct, rewards, total, squares) in expected.items():
+        assert q[variant]["labels"] == labels and q[variant]["correct"] == correct
+        assert q[variant]["accuracy"] == pytest.approx(correct / labels)
+        assert q[variant]["rewards"] == rewards and q[variant]["mean_reward"] == pytest.approx(total / rewards)
+        d = delta(quality_metrics(variant), before[variant])
+        assert d["labels"] == labels and d["correct"] == correct and d["rewards"] == rewards
+        assert d["reward_sum"] == pytest.approx(total) and d["squares"] == pytest.approx(squares)
+    assert delta(quality_metrics("stable"), before["stable"])["pred1"] == expected["stable"][0]
+    assert delta(quality_metrics("candidate"), before["candidate"])["pred0"] == expected["candidate"][0]
+
+
+def raw_feedback(rid: str, fields: str) -> str:
+    """A feedback body as text: NaN / Infinity / 1e400 are not JSON a client library would write."""
+    return '{"request_id": "' + rid + '", ' + fields + "}"
+
+
+async def test_bad_feedback_changes_nothing_and_names_the_field(stubs, harness) -> None:
+    a, b = stubs
+    await harness.start(config(a, b))
+    client = harness.client
+    r = await harness.infer({"x-variant": "stable"})
+    rid = r.headers["x-request-id"]
+    before = quality_metrics("stable")
+    cases = [
+        (raw_feedback(rid, '"label": 1, "reward": 1e300'), "reward", "beyond the largest magnitude"),
+        (raw_feedback(rid, '"label": 1, "reward": NaN'), "reward", "must be finite"),
+        (raw_feedback(rid, '"label": 1, "reward": Infinity'), "reward", "must be finite"),
+        (raw_feedback(rid, '"label": 1, "reward": 1e400'), "reward", "must be finite"),
+        (raw_feedback(rid, '"label": 2'), "label", "not one of the model's classes 0..1"),
+        (raw_feedback(rid, '"label": -1'), "label", "integer >= 0"),
+        (raw_feedback(rid, '"label": true'), "label", "integer >= 0"),
+        (raw_feedback(rid, '"labels": [1, 0]'), "labels", "it had 1 row"),
+        (raw_feedback(rid, '"label": 1, "labels": [1]'), "label", "at most one of label"),
+    ]
+    for body, field, text in cases:
+        fb = await client.post("/feedback", content=body, headers={"content-type": "application/json"})
+        assert fb.status_code == 400, (body, fb.text)
+        assert fb.json()["field"] == field and text in fb.json()["error"], fb.text
+    assert quality_metrics("stable") == before  # nothing counted
+    ok = await client.post("/feedback", json={"request_id": rid, "labels": [1], "reward": 0.5})
+    assert ok.status_code == 200 and ok.json()["correct"] is True  # the refused ones left the entry open
+    assert (await client.post("/feedback", json={"request_id": rid, "label": 1})).status_code == 409
+    assert (await client.post("/feedback", json={"request_id": "never", "label": 1})).status_code == 404
+    d = delta(quality_metrics("stable"), before)
+    assert (d["labels"], d["correct"], d["rewards"], d["reward_sum"]) == (1, 1, 1, 0.5)
+
+
+async def test_bandit_reward_out_of_range_leaves_the_arms_and_counters_alone(stubs, harness) -> None:
+    a, b = stubs
+    await harness.start(config(a, b, kind="epsilon_greedy", params={"epsilon": 0.5}))
+    client = harness.client
+    r = await harness.infer()
+    rid, variant = r.headers["x-request-id"], r.headers["x-variant"]
+    state = harness.router.dispatcher.table.policy.state()
+    before = quality_metrics(variant)
+    for value in ("1e300", "NaN", "-Infinity"):
+        fb = await client.post("/feedback", content=raw_feedback(rid, '"label": 1, "reward": ' + value),
+                               headers={"content-type": "application/json"})
+        assert fb.status_code == 400 and fb.json()["field"] == "reward", fb.text
+    assert harness.router.dispatcher.table.policy.state() == state
+    assert quality_metrics(variant) == before
+    ok = await client.post("/feedback", json={"request_id": rid, "reward": -3.0})  # no declared range
+    assert ok.status_code == 200
+    assert harness.router.dispatcher.table.policy.state()["arms"][variant]["reward_sum"] == -3.0
+    assert delta(quality_metrics(variant), before)["reward_sum"] == -3.0
+
+
+async def test_ucb1_rejects_rewards_outside_its_declared_range_before_learning(stubs, harness) -> None:
+    a, b = stubs
+    await harness.start(config(a, b, kind="ucb1", params={"reward_min": 0, "reward_max": 10}))
+    r = await harness.infer()
+    state = harness.router.dispatcher.table.policy.state()
+    fb = await harness.client.post("/feedback", json={"request_id": r.headers["x-request-id"], "reward": 11})
+    assert fb.status_code == 400 and "is outside [0.0, 10.0]" in fb.json()["error"]
+    assert harness.router.dispatcher.table.policy.state() == state
+
+
+async def test_shadow_feedback_scores_the_primary_and_the_mirrored_shadow(stubs, harness) -> None:
+    a, b = stubs  # primary (stable) predicts 1; the shadow (candidate) predicts 0
+    await harness.start(config(a, b, kind="shadow", params={"primary": "stable", "shadows": ["candidate"]}))
+    client = harness.client
+    router = harness.router
+    before = {v: quality_metrics(v) for v in ("stable", "candidate")}
+    rids = [(await harness.infer()).headers["x-request-id"] for _ in range(5)]
+    await _wait_for(lambda: router.dispatcher.mirrors.stats.get("candidate") is not None
+                    and router.dispatcher.mirrors.stats["candidate"].compared_requests == 5)
+    truths = [1, 0, 0, 1, 0]
+    for rid, truth in zip(rids, truths, strict=True):
+        fb = await client.post("/feedback", json={"request_id": rid, "label": truth, "reward": 1})
+        assert fb.status_code == 200, fb.text
+        assert fb.json()["correct"] is (truth == 1) and fb.json()["shadows_correct"] == {"candidate": truth == 0}
+    q = (await client.get("/quality")).json()
+    assert q["shadow_variants"] == ["candidate"]
+    assert q["variants"]["stable"]["accuracy"] == pytest.approx(2 / 5)
+    assert q["variants"]["candidate"]["accuracy"] == pytest.approx(3 / 5)
+    assert q["variants"]["candidate"]["rewards"] == 0 and q["variants"]["candidate"]["mean_reward"] is None
+    assert q["variants"]["stable"]["mean_reward"] == 1.0
+    ds = delta(quality_metrics("stable"), before["stable"])
+    dc = delta(quality_metrics("candidate"), before["candidate"])
+    assert (ds["labels"], ds["correct"], ds["pred1"]) == (5, 2, 5)
+    assert (dc["labels"], dc["correct"], dc["pred0"], dc["rewards"]) == (5, 3, 5, 0)
+
+
+async def test_ab_label_and_outcome_in_one_call(stubs, harness) -> None:
+    a, b = stubs
+    await harness.start(config(a, b, kind="ab", params={"min_samples": 2}))
+    r = await harness.infer({"x-user-id": "u1"})
+    fb = await harness.client.post("/feedback", json={"key": "u1", "outcome": 1, "label": 0})
+    assert fb.status_code == 200 and fb.json()["outcome"] == 1
+    arms = (await harness.client.get("/experiments/exp")).json()["report"]["arms"]
+    assert arms[r.headers["x-variant"]]["conversions"] == 1
+    bad = await harness.infer({"x-user-id": "u2"})
+    nope = await harness.client.post("/feedback", json={"request_id": bad.headers["x-request-id"], "outcome": 0.5})
+    assert nope.status_code == 400 and nope.json()["field"] == "outcome"
 
 
 # -- admin API and reloads ---------------------------------------------------------------------------
