@@ -705,3 +705,126 @@ def test_oip_grpc_metadata_and_shadow(servers, rows, start_router) -> None:
         s = client.get("/shadow/summary").json()["shadows"]["candidate"]
     assert s["mirrored"] == n + 1 and s["error_count"] == 0 and s["incomparable"] == 0
     assert s["label_agreement_rate"] > 0.85 and 0 < s["mean_abs_prob_diff"] < 0.5
+
+
+# -- outcome feedback and quality, every policy -------------------------------------------------------
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """One sample of a /metrics exposition (0 when absent)."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def test_canary_feedback_gives_each_variant_its_accuracy_and_rewards(servers, rows, start_router) -> None:
+    router = start_router(routing(servers, params={"weights": {"stable": 50, "candidate": 50}}))
+    seen: dict[str, list[int]] = {v: [0, 0, 0, 0] for v in ("stable", "candidate")}  # labels, correct, Σr, Σr²
+    predicted: dict[str, Counter] = {"stable": Counter(), "candidate": Counter()}
+    with router.client() as client:
+        empty = client.get("/quality").json()["variants"]
+        assert all(v["accuracy"] is None and v["mean_reward"] is None for v in empty.values())
+        for i, (row, truth) in enumerate(rows[:80]):
+            r = client.post("/v2/models/breast-cancer/infer", json=v2_body(row), headers={"x-user-id": f"u{i}"})
+            assert r.status_code == 200
+            variant, label = r.headers["x-variant"], r.json()["outputs"][0]["data"][0]
+            reward = 2 if label == truth else -1
+            fb = client.post("/feedback", json={"request_id": r.headers["x-request-id"], "label": truth,
+                                                "reward": reward})
+            assert fb.status_code == 200, fb.text
+            assert fb.json()["correct"] is (label == truth)
+            seen[variant][0] += 1
+            seen[variant][1] += label == truth
+            seen[variant][2] += reward
+            seen[variant][3] += reward * reward
+            predicted[variant][str(label)] += 1
+        # a multi-row request takes one true label per row
+        batch = rows[80:83]
+        r = client.post("/v2/models/breast-cancer/infer",
+                        json={"inputs": [{"name": "input", "shape": [3, len(batch[0][0])], "datatype": "FP32",
+                                          "data": [x for row, _ in batch for x in row]}]},
+                        headers={"x-variant": "stable"})
+        labels = r.json()["outputs"][0]["data"]
+        short = client.post("/feedback", json={"request_id": r.headers["x-request-id"], "labels": [1]})
+        assert short.status_code == 400 and short.json()["field"] == "labels"
+        fb = client.post("/feedback", json={"request_id": r.headers["x-request-id"], "labels": [y for _, y in batch]})
+        hits = [p == y for p, (_, y) in zip(labels, batch, strict=True)]
+        assert fb.status_code == 200 and fb.json()["correct"] == hits
+        seen["stable"][0] += 3
+        seen["stable"][1] += sum(hits)
+        for p in labels:
+            predicted["stable"][str(p)] += 1
+        quality = client.get("/quality").json()["variants"]
+        text = client.get("/metrics").text
+        assert client.post("/feedback", json={"request_id": r.headers["x-request-id"], "label": 1}).status_code == 409
+    assert seen["stable"][0] and seen["candidate"][0], seen
+    for variant, (n, correct, total, squares) in seen.items():
+        q = quality[variant]
+        assert (q["labels"], q["correct"]) == (n, correct)
+        assert q["accuracy"] == pytest.approx(correct / n)
+        rewarded = n - (3 if variant == "stable" else 0)
+        assert q["rewards"] == rewarded and q["mean_reward"] == pytest.approx(total / rewarded)
+        assert q["predicted_labels"] == dict(sorted(predicted[variant].items()))
+        assert sample(text, "router_feedback_labels_total", variant=variant) == n
+        assert sample(text, "router_feedback_correct_total", variant=variant) == correct
+        assert sample(text, "router_feedback_rewards_total", variant=variant) == rewarded
+        assert sample(text, "router_feedback_reward_sum", variant=variant) == pytest.approx(total)
+        assert sample(text, "router_feedback_reward_squares_sum", variant=variant) == pytest.approx(squares)
+        for label, count in predicted[variant].items():
+            assert sample(text, "router_predicted_labels_total", variant=variant, label=label) == count
+    check_exposition(text)
+
+
+def test_shadow_feedback_scores_the_candidates_mirrored_predictions(servers, rows, start_router) -> None:
+    router = start_router(routing(servers, kind="shadow", params={"primary": "stable", "shadows": ["candidate"]}))
+    n = 60
+    answers = []
+    with router.client() as client, httpx.Client(base_url=servers["candidate"], timeout=10.0) as direct:
+        for row, truth in rows[:n]:
+            r = client.post("/v2/models/breast-cancer/infer", json=v2_body(row))
+            assert r.status_code == 200 and r.headers["x-variant"] == "stable"
+            own = direct.post("/v2/models/breast-cancer/versions/2/infer", json=v2_body(row))
+            answers.append((r.headers["x-request-id"], truth, r.json()["outputs"][0]["data"][0],
+                            own.json()["outputs"][0]["data"][0]))
+        poll(lambda: client.get("/shadow/summary").json()["shadows"].get("candidate", {}).get("compared_requests")
+             == n, "every mirror to be compared")
+        before = client.get("/quality").json()["variants"]
+        assert before["candidate"]["accuracy"] is None and before["stable"]["accuracy"] is None
+        assert sum(before["candidate"]["predicted_labels"].values()) == n  # mirrored predictions count
+        for rid, truth, _, _ in answers:
+            fb = client.post("/feedback", json={"request_id": rid, "label": truth})
+            assert fb.status_code == 200, fb.text
+            assert "candidate" in fb.json()["shadows_correct"]
+        quality = client.get("/quality").json()["variants"]
+        text = client.get("/metrics").text
+    stable_correct = sum(p == t for _, t, p, _ in answers)
+    candidate_correct = sum(c == t for _, t, _, c in answers)
+    assert quality["stable"]["labels"] == n and quality["stable"]["correct"] == stable_correct
+    assert quality["candidate"]["labels"] == n and quality["candidate"]["correct"] == candidate_correct
+    assert quality["candidate"]["accuracy"] == pytest.approx(candidate_correct / n)
+    assert quality["candidate"]["rewards"] == 0 and quality["candidate"]["mean_reward"] is None
+    assert sample(text, "router_feedback_correct_total", variant="candidate") == candidate_correct
+    assert sample(text, "router_feedback_labels_total", variant="candidate") == n
+    check_exposition(text)
+
+
+def test_bandit_refuses_huge_or_nan_rewards_before_any_change(servers, rows, start_router) -> None:
+    router = start_router(routing(servers, kind="epsilon_greedy", params={"epsilon": 0.5}))
+    with router.client() as client:
+        r = client.post("/v2/models/breast-cancer/infer", json=v2_body(rows[0][0]))
+        rid = r.headers["x-request-id"]
+        state = client.get("/bandit").json()["state"]
+        text = client.get("/metrics").text
+        for value in ("1e300", "NaN", "Infinity", "1e400"):
+            body = '{"request_id": "' + rid + '", "label": 1, "reward": ' + value + "}"
+            fb = client.post("/feedback", content=body, headers={"content-type": "application/json"})
+            assert fb.status_code == 400 and fb.json()["field"] == "reward", fb.text
+        assert client.get("/bandit").json()["state"] == state
+        after = client.get("/metrics").text
+        variant = r.headers["x-variant"]
+        for name in ("router_feedback_labels_total", "router_feedback_rewards_total", "router_feedback_reward_sum"):
+            assert sample(after, name, variant=variant) == sample(text, name, variant=variant) == 0
+        assert client.post("/feedback", json={"request_id": rid, "reward": 0.25}).status_code == 200
+        assert client.get("/bandit").json()["state"]["arms"][r.headers["x-variant"]]["reward_sum"] == 0.25
