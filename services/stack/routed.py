@@ -53,6 +53,21 @@ def router_process(config_path: Path, state_path: Path | None, *, name: str = "r
     return proc, url
 
 
+def supervisor_process(spec_path: Path, router_url: str, *, token_file: Path | None, state_path: Path | None,
+                       name: str = "supervisor", port: int | None = None, **env: str) -> tuple[ServiceProcess, str]:
+    """The model supervisor (services.supervisor) watching `router_url` under the rollout spec."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = {"SUPERVISOR_PORT": str(port), "SUPERVISOR_ROUTER_URL": router_url,
+                "SUPERVISOR_ROLLOUT_SPEC": str(spec_path),
+                "SUPERVISOR_STATE_FILE": str(state_path) if state_path else "", **env}
+    if token_file is not None:
+        settings["SUPERVISOR_ADMIN_TOKEN_FILE"] = str(token_file)
+    proc = ServiceProcess(name=name, argv=["-m", "services.supervisor"], env=settings,
+                          ready=http_ready(f"{url}/readyz"))
+    return proc, url
+
+
 def pattern_config(pattern: str) -> dict[str, Any]:
     return yaml.safe_load((REPO_ROOT / "patterns" / pattern / "routing.yaml").read_text())
 

@@ -1,0 +1,69 @@
+"""The supervisor's HTTP API (Starlette).
+
+    GET  /status       the rollout: phase, step, weights, next check, latest per-variant figures
+    GET  /decisions    the recent decision records, newest last (?limit=N: the last N)
+    POST /resume       resume a paused rollout (Authorization: Bearer <the router's admin token>)
+    GET  /metrics      Prometheus text format
+    GET  /healthz      liveness
+    GET  /readyz       200 once the loop runs, 503 while stopping
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services.core.errors import InvalidInput, Unauthorized
+from services.core.http import EXCEPTION_HANDLERS, json_response, metrics
+
+from .service import Supervisor
+
+
+def build_app(supervisor: Supervisor, stopping: asyncio.Event | None = None) -> Starlette:
+    async def status(_: Request) -> Response:
+        return json_response(supervisor.status())
+
+    async def decisions(request: Request) -> Response:
+        items = list(supervisor.decisions)
+        raw = request.query_params.get("limit")
+        if raw is not None:
+            if not raw.isdigit():
+                raise InvalidInput(f"limit: expected a positive whole number, got {raw!r}", field="limit")
+            items = items[-int(raw):] if int(raw) else []
+        return json_response(items)
+
+    async def resume(request: Request) -> Response:
+        token = supervisor.settings.token()
+        presented = request.headers.get("authorization", "").partition(" ")[2].strip()
+        if token is None or not presented or not hmac.compare_digest(presented.encode(), token.encode()):
+            raise Unauthorized("POST /resume needs 'Authorization: Bearer <the router's admin token>'",
+                               field="Authorization")
+        try:
+            return json_response(supervisor.resume())
+        except ValueError as exc:
+            raise InvalidInput(str(exc), field="phase") from None
+
+    async def healthz(_: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        if stopping is not None and stopping.is_set():
+            return json_response({"status": "stopping"}, 503)
+        return json_response({"status": "ready", "phase": supervisor.status()["phase"]})
+
+    return Starlette(
+        routes=[
+            Route("/status", status),
+            Route("/decisions", decisions),
+            Route("/resume", resume, methods=["POST"]),
+            Route("/metrics", metrics),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,73 @@
+"""Settings of the supervisor service; environment variables are prefixed SUPERVISOR_.
+
+What is rolled out, how fast and under which rules lives in the rollout spec (YAML,
+`spec.py`); these are the process-level knobs: where the router is, how to authenticate, where
+to keep state, where to publish decisions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+
+from services.core.settings import ServiceSettings, settings_config
+
+DECISIONS_TOPIC = "supervisor-decisions"
+
+
+class SupervisorSettings(ServiceSettings):
+    """The model supervisor: analyses a rollout every interval and acts on the router."""
+
+    model_config = settings_config("SUPERVISOR_")
+
+    port: int = 8090
+    """HTTP port of the supervisor's own API (`/status`, `/decisions`, `/metrics`)."""
+    router_url: str = "http://127.0.0.1:8080"
+    """Base URL of the router: its `/metrics` is scraped and its `/admin/routing` written."""
+    admin_token: SecretStr | None = None
+    """Bearer token of the router's admin API (`PUT /admin/routing`). Without one (here or in
+    admin_token_file) the supervisor can analyse but every action fails and is recorded so."""
+    admin_token_file: Path | None = None
+    """File holding the router's admin token (a mounted Secret); re-read before each write, so a
+    rotated token applies at once. Used when admin_token is empty."""
+    rollout_spec: Path
+    """Path of the rollout spec (YAML; example patterns/canary/rollout.yaml). Required."""
+    interval_s: float | None = Field(default=None, gt=0.0)
+    """Seconds between checks; empty = the spec's `interval_s`. Set, it replaces the spec's value
+    (and with it the default staleness, twice the interval)."""
+    state_file: Path | None = Path(".run/supervisor-state.json")
+    """JSON file with the rollout state and the recent decisions, rewritten atomically after every
+    check; a restarted supervisor resumes from it. Empty turns persistence off."""
+    max_decisions: int = Field(default=500, ge=1)
+    """Decisions kept in memory, served by `GET /decisions` and persisted (the oldest drop out)."""
+    request_timeout_s: float = Field(default=2.0, gt=0.0)
+    """Timeout of each call to the router or to Prometheus; a router that does not answer in
+    time makes the check inconclusive."""
+    kafka_bootstrap_servers: str | None = None
+    """Kafka bootstrap servers; when set, every decision is also produced (non-blocking) to
+    `decisions_topic`, keyed by the rollout name."""
+    decisions_topic: str = DECISIONS_TOPIC
+    """Kafka topic of the decision records."""
+    prometheus_url: str | None = None
+    """Base URL of a Prometheus server scraping the router. When set, the router's series are
+    read through its HTTP API (`/api/v1/query`, summed over router instances) instead of
+    scraping the router's `/metrics`; the routing config is still read from the router."""
+
+    @field_validator("admin_token", "admin_token_file", "state_file", "kafka_bootstrap_servers",
+                     "prometheus_url", "interval_s", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def token(self) -> str | None:
+        """The admin token in force (the file is re-read on every call)."""
+        if self.admin_token is not None and self.admin_token.get_secret_value().strip():
+            return self.admin_token.get_secret_value().strip()
+        if self.admin_token_file is not None:
+            try:
+                return self.admin_token_file.read_text().strip() or None
+            except OSError:
+                return None
+        return None
