@@ -366,6 +366,7 @@ def values_schema() -> dict:
             "clusterDomain": {"type": "string", "minLength": 1},
             "logLevel": {"type": "string", "enum": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]},
             "shutdownGraceSeconds": {"type": "integer", "minimum": 0, "maximum": 600},
+            "preStopSleepSeconds": {"type": "integer", "minimum": 0, "maximum": 120},
             "commonLabels": strings,
             "image": _strict({"repository": {"type": "string", "minLength": 1},
                               "tag": {"type": "string", "not": {"enum": ["latest"]},

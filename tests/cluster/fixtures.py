@@ -3,7 +3,9 @@
 One cluster per test session, in a temp run dir, brought up on first use and always torn down:
 by the last test (`test_teardown_restores_host`, moved to the end of the session, which checks
 that the host is back to its baseline) or by the session finalizer, pass, fail or Ctrl-C. When a
-cluster test fails, each pod's events and its containers' last log lines are printed.
+cluster test fails, each pod's events and its containers' last log lines (and the daemons' log
+tails) are taken at once, before the test's own fixtures clean up, and shown in that test's
+failure report (section "cluster diagnostics"), so a CI failure can be read without rerunning.
 
 The binaries must have been built (`make cluster-build`; `make test` does it first): without
 them the fixture fails with that message, it never skips.
@@ -14,6 +16,7 @@ this module is listed in the root conftest's `pytest_plugins` (then drop the imp
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 from collections.abc import Iterator
@@ -37,6 +40,16 @@ class ClusterSession:
     failures: list[str] = field(default_factory=list)
     stopped: bool = False
     problems: list[str] = field(default_factory=list)
+    reported: list[str] = field(default_factory=list)  # failures whose report carries the diagnostics
+
+    def diagnostics_text(self) -> str:
+        """What `dump_diagnostics` prints: every pod's phase and events, its containers' log tails, the daemons'."""
+        out = io.StringIO()
+        try:
+            self.cluster.dump_diagnostics(out=out)
+        except Exception as e:  # noqa: BLE001 - never hide the test's own failure behind this one
+            out.write(f"(diagnostics failed: {e})\n")
+        return out.getvalue()
 
     def diagnostics(self) -> None:
         capman = self.config.pluginmanager.getplugin("capturemanager")
@@ -51,7 +64,7 @@ class ClusterSession:
         if not self.stopped:
             self.stopped = True
             try:
-                if self.failures:
+                if set(self.failures) - set(self.reported):
                     self.diagnostics()
             finally:
                 self.problems = self.cluster.down()
@@ -118,9 +131,14 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
+    """A failed test that used the cluster: its report gets the cluster's diagnostics, taken now."""
     report = yield
     if report.failed and "k8s_session" in getattr(item, "fixturenames", ()):
         session = getattr(item.config, "_k8s_session", None)
         if session is not None:
             session.failures.append(item.nodeid)
+            if not session.stopped and item.nodeid not in session.reported:
+                report.sections.append(("cluster diagnostics (pods, events, container log tails)",
+                                        session.diagnostics_text()))
+                session.reported.append(item.nodeid)
     return report

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("kubeconfig", help="print the kubeconfig's path")
     p_image = sub.add_parser("image", help="build the project's Dockerfile with buildah -> OCI archive")
     p_image.add_argument("--load", action="store_true", help="also import it into the running cluster")
+    p_image.add_argument("--force", action="store_true", help="rebuild even when the build inputs are unchanged")
     args = parser.parse_args(argv)
 
     cluster = Cluster(args.run_dir)
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             if not images.DOCKERFILE.exists():
                 print(f"no Dockerfile at {images.DOCKERFILE}", file=sys.stderr)
                 return 1
-            archive = images.build_app_image(build.log)
+            archive = images.build_app_image(build.log, force=args.force)
             print(archive)
             if args.load:
                 print("\n".join(cluster.load_image(archive)))

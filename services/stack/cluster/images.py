@@ -239,17 +239,46 @@ def _buildah(*args: str) -> list[str]:
     ]
 
 
+#: What the Dockerfile reads from its build context (its COPY lines); a change to any of them rebuilds.
+APP_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "requirements.lock", "services", "models/repository")
+_IGNORED_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
+
+
+def app_inputs_digest(context: Path = REPO_ROOT, inputs: tuple[str, ...] = APP_INPUTS) -> str:
+    """sha256 over the names and bytes of every build input (byte code and tool caches left out)."""
+    h = hashlib.sha256()
+    for top in inputs:
+        root = context / top
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+        if not files:
+            h.update(f"missing {top}\n".encode())
+        for path in files:
+            rel = path.relative_to(context)
+            if _IGNORED_PARTS & set(rel.parts) or path.suffix == ".pyc":
+                continue
+            h.update(f"{rel}\n".encode())
+            h.update(_sha256_file(path).encode())
+    return h.hexdigest()
+
+
 def build_app_image(log: Log, dockerfile: Path = DOCKERFILE, tag: str | None = None,
-                    out: Path = APP_ARCHIVE, build_args: dict[str, str] | None = None) -> Path:
+                    out: Path = APP_ARCHIVE, build_args: dict[str, str] | None = None, force: bool = False) -> Path:
     """`buildah bud` of the project's Dockerfile on the base image -> an OCI archive for `ctr import`.
 
     chroot isolation and vfs storage (no daemon, no overlay-in-overlay); the host's CA bundle is
     mounted into RUN steps (without it, pip's TLS to the package registries fails here). `tag`
     defaults to `app_image()`, the name the chart's default image resolves to in containerd.
+    Skipped (the archive is returned as it is) when the archive's stamp holds the same recipe: the
+    tag, the build args, the base image's recipe and `app_inputs_digest()` of the build context.
     """
     tag = tag or app_image()
     if not dockerfile.is_file():
         raise FileNotFoundError(f"no Dockerfile at {dockerfile}")
+    recipe = json.dumps({"tag": tag, "dockerfile": str(dockerfile), "build_args": build_args or {},
+                         "base": _base_recipe(), "inputs": app_inputs_digest(dockerfile.parent)}, sort_keys=True)
+    if not force and _stamp_ok(out, recipe):
+        log(f"image {tag}: up to date ({out}; build inputs unchanged)")
+        return out
     if shutil.which("buildah") is None:
         raise RuntimeError("buildah is missing: run `python -m services.stack.cluster build`")
     base = build_base_image(log)
@@ -289,6 +318,7 @@ def build_app_image(log: Log, dockerfile: Path = DOCKERFILE, tag: str | None = N
     tmp.unlink(missing_ok=True)
     run(_buildah("push", "--quiet", tag, f"oci-archive:{tmp}:{tag}"))
     tmp.replace(out)
+    _write_stamp(out, recipe)
     # vfs keeps a full copy per layer: drop the built image (the archive is the product), keep the base.
     run(_buildah("rmi", "--force", tag))
     subprocess.run(_buildah("rmi", "--prune"), capture_output=True, env=env)
