@@ -16,7 +16,7 @@ import numpy as np
 from services.core.settings import DEFAULT_MODEL_REPOSITORY
 from services.stack import demo_kafka
 from services.stack.demo_common import Row, drive, load_holdout
-from services.stack.demo_routed import demo_routed
+from services.stack.demo_routed import demo_routed, demo_supervised
 from services.stack.paths import DEMO_LOG_DIR
 from services.stack.routed import ROUTED_PATTERNS
 from services.stack.runner import start_stack
@@ -42,7 +42,10 @@ SCENARIOS: list[tuple[str, Callable[[], Row]]] = [
         demo_http_pattern("model-as-service", "breast-cancer"), note="app -> model server over gRPC")),
     ("model-as-data: breast-cancer v1 -> v2", demo_kafka.model_as_data),
     ("stream-scoring: breast-cancer", demo_kafka.stream_scoring),
-    *[(f"{p}: breast-cancer v1 / v2 via the router", (lambda p=p: demo_routed(p))) for p in ROUTED_PATTERNS],
+    *[(f"{p}: breast-cancer v1 / v2 via the router", (lambda p=p: demo_routed(p)))
+      for p in ROUTED_PATTERNS if p != "canary"],
+    ("canary + supervisor: breast-cancer v1 -> v2 (good), promoted step by step", lambda: demo_supervised(2)),
+    ("canary + supervisor: breast-cancer v1 -> v3 (poor), rolled back", lambda: demo_supervised(3)),
 ]
 
 

@@ -9,6 +9,11 @@ model and version resolve; `grpc:` addresses are pointed at each server's gRPC p
 router gets that file, a state file beside it, an admin token in `.run/router-admin-token`
 (0600; `Authorization: Bearer $(cat .run/router-admin-token)`) and a gRPC Predict port.
 
+The canary stack also runs the model supervisor (`services.supervisor`) on
+`patterns/canary/rollout.yaml`, checking every 5 s, with the same admin token (it writes the
+canary weights through `PUT /admin/routing`) and its state in `.run/canary-supervisor-state.json`;
+its URL is the `supervisor` endpoint (`/status`, `/decisions`).
+
 `make demo` drives it with `services/stack/demo_routed.py`.
 """
 
@@ -72,11 +77,24 @@ def pattern_config(pattern: str) -> dict[str, Any]:
     return yaml.safe_load((REPO_ROOT / "patterns" / pattern / "routing.yaml").read_text())
 
 
-def routed_pattern(pattern: str, run_dir: Path = RUN_DIR, **overrides: Any) -> PatternStack:
-    """The PatternStack of a routed pattern: one model server per variant, then the router."""
+SUPERVISED_PATTERNS = ("canary",)
+"""Patterns whose stack also runs the model supervisor on the pattern's rollout.yaml."""
+SUPERVISOR_INTERVAL_S = 5.0
+"""`make up`'s supervisor checks every 5 s (the spec's bake time still applies)."""
+
+
+def routed_pattern(pattern: str, run_dir: Path = RUN_DIR, *, rollout_spec: Path | None = None,
+                   candidate_version: int | None = None, supervisor_interval_s: float | None = SUPERVISOR_INTERVAL_S,
+                   **overrides: Any) -> PatternStack:
+    """The PatternStack of a routed pattern: one model server per variant, then the router (and,
+    for a supervised pattern, the supervisor on `rollout_spec`, default the pattern's rollout.yaml).
+    `candidate_version` serves another version as the candidate (the demo's poor v3)."""
     text = (REPO_ROOT / "patterns" / pattern / "routing.yaml").read_text()
     cfg = yaml.safe_load(text)
     cfg.update(overrides)
+    if candidate_version is not None:
+        cfg["variants"]["candidate"]["version"] = candidate_version
+        overrides = {**overrides, "variants": cfg["variants"]}  # the file is rewritten, not patched
     processes, endpoints, moved = [], {}, {}
     for variant, vcfg in cfg["variants"].items():
         proc, url = model_server(f"model-server-{variant}")
@@ -106,7 +124,19 @@ def routed_pattern(pattern: str, run_dir: Path = RUN_DIR, **overrides: Any) -> P
     router, url = router_process(config_path, state_path, token_file=token_file, ROUTER_GRPC_PORT=str(grpc_port))
     processes.append(router)
     endpoints = {"router": url, "router-grpc": f"127.0.0.1:{grpc_port}", **endpoints}
-    return PatternStack(processes, endpoints, extra={
+    extra = {
         "routing_config": str(config_path), "state_file": str(state_path), "admin_token_file": str(token_file),
         "try": f"curl -s {url}/v2/models/{cfg.get('model') or 'breast-cancer'}/infer -d @request.json",
-    })
+    }
+    if pattern in SUPERVISED_PATTERNS:
+        spec = rollout_spec or REPO_ROOT / "patterns" / pattern / "rollout.yaml"
+        supervisor_state = run_dir / f"{pattern}-supervisor-state.json"
+        supervisor_state.unlink(missing_ok=True)  # a fresh stack starts a fresh rollout
+        env = {"SUPERVISOR_INTERVAL_S": str(supervisor_interval_s)} if supervisor_interval_s else {}
+        supervisor, supervisor_url = supervisor_process(spec, url, token_file=token_file,
+                                                        state_path=supervisor_state, **env)
+        processes.append(supervisor)
+        endpoints["supervisor"] = supervisor_url
+        extra.update(rollout_spec=str(spec), supervisor_state_file=str(supervisor_state),
+                     rollout=f"curl -s {supervisor_url}/status; curl -s {supervisor_url}/decisions")
+    return PatternStack(processes, endpoints, extra=extra)

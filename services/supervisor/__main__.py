@@ -10,6 +10,7 @@ SIGTERM finishes the check in progress, persists the state and exits 0.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
 from pydantic import ValidationError
@@ -34,7 +35,7 @@ def main() -> None:
         sys.exit(2)
     configure_logging("supervisor", settings.log_level)
     try:
-        spec = load_spec(settings.rollout_spec, settings.interval_s)
+        spec, skipped = load_spec(settings.rollout_spec, settings.interval_s)
     except (OSError, InvalidInput) as exc:
         print(f"supervisor: rollout spec {settings.rollout_spec}: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -45,7 +46,9 @@ def main() -> None:
 
         emitter = BackgroundEmitter(settings.kafka_bootstrap_servers, name="supervisor-decisions",
                                     buffer_size=1000, topics=[plain_topic(settings.decisions_topic)])
-    supervisor = Supervisor(settings, spec, emitter=emitter)
+    for rule in skipped:
+        logging.getLogger("services.supervisor").warning("rule left out: the service cannot feed it yet", extra=rule)
+    supervisor = Supervisor(settings, spec, emitter=emitter, skipped_rules=skipped)
     stopping = asyncio.Event()
     serve(build_app(supervisor, stopping), settings, on_start=[supervisor.start], on_stop=[supervisor.stop],
           stopping=stopping)

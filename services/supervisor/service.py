@@ -48,17 +48,30 @@ log = logging.getLogger("services.supervisor")
 STATE_FORMAT = 1
 
 
-def load_spec(path: Path, interval_s: float | None = None) -> RolloutSpec:
-    """The rollout spec of a YAML file; `interval_s` (a setting) replaces the spec's interval."""
+UNSUPPORTED_METRICS = {
+    "input_drift": "the service has no live-input source yet (prediction log with inputs, or a sampled tap): "
+                   "the rule is left out rather than holding every rollout as inconclusive",
+}
+"""Rule metrics the service cannot feed yet -> why; such rules are dropped at load, logged, and
+listed in /status and in every decision record (``skipped_rules``)."""
+
+
+def load_spec(path: Path, interval_s: float | None = None) -> tuple[RolloutSpec, list[dict[str, str]]]:
+    """The rollout spec of a YAML file, and the rules left out (see UNSUPPORTED_METRICS).
+    `interval_s` (a setting) replaces the spec's interval."""
     import yaml
 
     raw = yaml.safe_load(Path(path).read_text())
-    if interval_s is not None and isinstance(raw, dict):
+    parse_spec(raw, str(path))  # the file as written must be valid
+    if interval_s is not None:
         raw["interval_s"] = interval_s
         stale = raw.get("stale_after_s")
         if stale is not None and stale < interval_s:
             raw["stale_after_s"] = 2 * interval_s
-    return parse_spec(raw, str(path))
+    skipped = [{"rule": r.get("name") or r["metric"], "metric": r["metric"], "why": UNSUPPORTED_METRICS[r["metric"]]}
+               for r in raw.get("rules", []) if r.get("metric") in UNSUPPORTED_METRICS]
+    raw["rules"] = [r for r in raw.get("rules", []) if r.get("metric") not in UNSUPPORTED_METRICS]
+    return parse_spec(raw, str(path)), skipped
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -102,9 +115,11 @@ class Supervisor:
     """One rollout under supervision. Not thread-safe: owned by the event loop."""
 
     def __init__(self, settings: SupervisorSettings, spec: RolloutSpec, *,
-                 clock: Callable[[], float] = time.time, emitter: Any = None) -> None:
+                 clock: Callable[[], float] = time.time, emitter: Any = None,
+                 skipped_rules: list[dict[str, str]] | None = None) -> None:
         self.settings = settings
         self.spec = spec
+        self.skipped_rules = list(skipped_rules or [])
         self.clock = clock
         self.emitter = emitter
         self.state: RolloutState | None = None
@@ -378,6 +393,8 @@ class Supervisor:
                 intended: Action | None = None) -> dict[str, Any]:
         record = decision.to_dict()
         record["apply"] = applied.to_dict()
+        if self.skipped_rules:
+            record["skipped_rules"] = self.skipped_rules
         if intended is not None:
             record["intended_action"] = intended.to_dict()
         record["observed"] = json_safe({
@@ -455,4 +472,5 @@ class Supervisor:
             },
             "sequential": [t.result().to_dict() for t in state.sequential.values()] if state else [],
             "history": list(state.history) if state else [],
+            "skipped_rules": self.skipped_rules,
         })
