@@ -1,4 +1,4 @@
-"""The model supervisor's analysis core: pure, tested decision logic for rollouts (no I/O yet).
+"""The model supervisor: the analysis core (pure, tested decision logic) and the service around it.
 
     spec.py        rollout specs in YAML, validated with pydantic (steps, bake, rules, limits)
     windows.py     per-variant metric windows; windows from cumulative snapshots, counter resets
@@ -8,6 +8,15 @@
     decisions.py   Decision records and RolloutState, both JSON (schema documented there)
     analysis.py    the state machine: evaluate(spec, state, evidence, now) -> decision + state
 
-The service loop, the router / Kubernetes actions, the dashboard and the benchmark are not
-built yet; see README.md for how they plug in.
+The service (python -m services.supervisor):
+
+    settings.py    SUPERVISOR_* settings
+    scrape.py      the router's /metrics (or Prometheus query results) -> per-variant snapshots
+    actions.py     the routing an action asks for; PUT /admin/routing with If-Match; conflicts
+    service.py     the control loop: read, windows, evaluate, act, record, persist
+    app.py         GET /status, /decisions, POST /resume, /metrics
+    metrics.py     the supervisor's Prometheus metrics
+
+The Kubernetes ConfigMap writes, the drift input, the dashboard and the benchmark are not built
+yet; see README.md.
 """
