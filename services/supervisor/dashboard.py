@@ -199,11 +199,14 @@ class Dashboard:
                 paths.append(f"/experiments/{name}")
             results = dict(await asyncio.gather(*(self._get(p) for p in paths)))
             self.router_errors = {p: str(v) for p, v in results.items() if isinstance(v, Exception)}
+            # An endpoint that failed keeps what it last gave; router_errors names it.
             for key, path in (("quality", "/quality"), ("policy", "/policy"), ("shadow", "/shadow/summary")):
                 value = results.get(path)
-                self.router[key] = None if isinstance(value, Exception) else value
+                if not isinstance(value, Exception):
+                    self.router[key] = value
             experiment = next((v for p, v in results.items() if p.startswith("/experiments/")), None)
-            self.router["experiment"] = None if isinstance(experiment, Exception) else experiment
+            if not isinstance(experiment, Exception):
+                self.router["experiment"] = experiment
             text = results.get("/metrics")
             if isinstance(text, str):
                 try:

@@ -24,6 +24,7 @@ import yaml
 
 from services.stack.paths import REPO_ROOT
 from services.stack.routed import routed_pattern
+from services.supervisor.dashboard import arm_shares, history
 from tests.integration.test_supervisor import Traffic
 
 pytestmark = pytest.mark.integration
@@ -152,3 +153,30 @@ def test_dashboard_shows_live_numbers_and_decisions_in_chromium(canary_stack: di
     assert not page_errors, page_errors
     outside = [u for u in requested if not u.startswith(url + "/")]
     assert not outside, f"the page reached beyond the supervisor: {outside}"
+
+
+def test_history_folds_repeated_decisions_and_keeps_the_actions_in_view() -> None:
+    def record(check: int, kind: str, explanation: str, verdict: str = "pass") -> dict[str, Any]:
+        return {"check": check, "at": float(check), "verdict": verdict, "explanation": explanation,
+                "action": {"kind": kind, "candidate_weight": None}, "apply": {"status": "not_needed"},
+                "rules": [{"rule": "accuracy", "verdict": verdict, "candidate_value": 0.9, "details": {"big": 1}}]}
+
+    records = [record(1, "start", "start"), record(2, "step", "step")] + [
+        record(i, "none", "finished", "none") for i in range(3, 103)]
+    shown = history(records, limit=40)
+    assert [(d["first_check"], d["check"], d["action"]["kind"], d["repeated"]) for d in shown] == [
+        (3, 102, "none", 100), (2, 2, "step", 1), (1, 1, "start", 1)]
+    assert "details" not in shown[1]["rules"][0] and shown[1]["rules"][0]["candidate_value"] == 0.9
+    assert len(history([record(i, "hold", f"holding {i}") for i in range(100)], limit=40)) == 40
+
+
+def test_arm_shares_for_bandits_and_ab_tests() -> None:
+    bandit = {"kind": "thompson", "state": {"arms": {"a": {"pulls": 30, "rewards": 10, "reward_sum": 5.0},
+                                                     "b": {"pulls": 10, "rewards": 0, "reward_sum": 0.0}}}}
+    shares = arm_shares(bandit)
+    assert shares["counted_by"] == "pulls" and shares["total"] == 40
+    assert shares["arms"]["a"]["share"] == 0.75 and shares["arms"]["a"]["mean_reward"] == 0.5
+    assert shares["arms"]["b"]["mean_reward"] is None  # no rewards: unknown, never 0
+    ab = {"kind": "ab", "state": {"arms": {"a": {"assignments": 5}, "b": {"assignments": 15}}}}
+    assert arm_shares(ab)["counted_by"] == "assignments" and arm_shares(ab)["arms"]["b"]["share"] == 0.75
+    assert arm_shares({"kind": "canary", "state": {"weights": {"a": 90, "b": 10}}}) is None
