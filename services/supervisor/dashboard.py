@@ -91,6 +91,8 @@ def arm_shares(policy: dict[str, Any] | None) -> dict[str, Any] | None:
         mean = a.get("mean_reward")
         if mean is None and a.get("rewards"):
             mean = _ratio(a.get("reward_sum"), a.get("rewards"))
+        if mean is None and a.get("outcomes"):  # A/B: conversions over outcomes received
+            mean = _ratio(a.get("conversions"), a.get("outcomes"))
         out[name] = {"count": counts.get(name, 0), "share": _ratio(counts.get(name, 0), total), "mean_reward": mean}
     return {"counted_by": key, "total": total, "arms": out,
             "estimated_regret": state.get("estimated_regret")}

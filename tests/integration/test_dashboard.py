@@ -177,6 +177,8 @@ def test_arm_shares_for_bandits_and_ab_tests() -> None:
     assert shares["counted_by"] == "pulls" and shares["total"] == 40
     assert shares["arms"]["a"]["share"] == 0.75 and shares["arms"]["a"]["mean_reward"] == 0.5
     assert shares["arms"]["b"]["mean_reward"] is None  # no rewards: unknown, never 0
-    ab = {"kind": "ab", "state": {"arms": {"a": {"assignments": 5}, "b": {"assignments": 15}}}}
+    ab = {"kind": "ab", "state": {"arms": {"a": {"assignments": 5, "outcomes": 4, "conversions": 1},
+                                           "b": {"assignments": 15, "outcomes": 0, "conversions": 0}}}}
     assert arm_shares(ab)["counted_by"] == "assignments" and arm_shares(ab)["arms"]["b"]["share"] == 0.75
+    assert arm_shares(ab)["arms"]["a"]["mean_reward"] == 0.25 and arm_shares(ab)["arms"]["b"]["mean_reward"] is None
     assert arm_shares({"kind": "canary", "state": {"weights": {"a": 90, "b": 10}}}) is None

@@ -157,7 +157,7 @@ function renderDecisions(d) {
   const open = new Set([...document.querySelectorAll("#decisions details[open]")].map((el) => el.dataset.check));
   $("decisions").innerHTML = d.decisions.length === 0 ? `<li class="muted">No decision yet.</li>` : d.decisions.map((r) => `
     <li><details data-check="${r.check}" ${open.has(String(r.check)) ? "open" : ""}>
-      <summary><b>#${r.repeated > 1 ? `${r.first_check}–${r.check}` : r.check}</b> ${clock(r.at)} ${badge(r.verdict)}
+      <summary><b>#${r.first_check !== r.check ? `${r.first_check}–${r.check}` : r.check}</b> ${clock(r.at)} ${badge(r.verdict)}
         <b class="action">${esc(r.action.kind)}</b>${r.repeated > 1 ? ` <span class="muted">×${r.repeated}</span>` : ""}
         ${missing(r.action.candidate_weight) ? "" : `→ ${num(r.action.candidate_weight, 0)}%`}
         <span class="muted">[${esc(r.apply.status)}]</span><span class="explain">${esc(r.explanation)}</span></summary>
