@@ -13,6 +13,7 @@ always stopped.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from pathlib import Path
@@ -147,7 +148,8 @@ def test_dashboard_shows_live_numbers_and_decisions_in_chromium(canary_stack: di
             assert traffic.sent > 0
             page.wait_for_timeout(6000)  # let the charts gather a few more points for the screenshot
     finally:
-        page.screenshot(path=str(shot), full_page=True)
+        with contextlib.suppress(Exception):  # never hide the failure that got us here
+            page.screenshot(path=str(shot), full_page=True)
         page.close()
     assert shot.stat().st_size > 10_000
     assert not page_errors, page_errors
