@@ -261,7 +261,7 @@ class ClientPod:
             logs = self.core.read_namespaced_pod_log(self.name, self.namespace, container="client")
         except client.ApiException:
             return []
-        return [json.loads(ln) for ln in logs.splitlines() if ln.startswith("{")]
+        return [json.loads(ln) for ln in (logs or "").splitlines() if ln.startswith("{")]
 
     def wait_answers(self, count: int, timeout: float = 120) -> list[dict]:
         return wait_for(f"{count} answers from {self.name}",

@@ -31,6 +31,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -38,6 +40,7 @@ from kubernetes import client, config
 
 from services.stack import helm as helm_tool
 from services.stack.cluster import Cluster
+from tests.cluster import fixtures
 from tests.cluster.chart_support import (
     GID,
     UID,
@@ -47,6 +50,7 @@ from tests.cluster.chart_support import (
     ask,
     build_images,
     crd_files,
+    hardened_pod_spec,
     live_pods,
     runtime_view,
     v2_body,
@@ -472,3 +476,52 @@ def test_mesh_release_installs_and_answers(pattern: str, provider: str, mesh_crd
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm", obj["metadata"]
     # Without a mesh the front Service spreads over the variants; the answer is checked against whichever answered.
     assert_helm_test_passes(helm, rel)
+
+
+def test_offline_crd_schemas_are_the_ones_the_server_enforces(mesh_crds, chart_cluster: Cluster) -> None:
+    """tests/chart validates routes offline against tests/chart/crds: the same schemas the server now holds."""
+    vendored = Path(__file__).parents[1] / "chart" / "crds"
+    for crd_name, kind in (("httproutes.gateway.networking.k8s.io", "httproute"),
+                           ("virtualservices.networking.istio.io", "virtualservice"),
+                           ("destinationrules.networking.istio.io", "destinationrule")):
+        crd = json.loads(chart_cluster.kubectl("get", "crd", crd_name, "-o", "json").stdout)
+        group = crd["spec"]["group"]
+        served = {v["name"]: v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]}
+        offline = json.loads((vendored / f"{kind}-{group}-v1.json").read_text())["openAPIV3Schema"]
+        assert served["v1"] == offline, f"tests/chart/crds/{kind}-{group}-v1.json differs from the {crd_name} CRD"
+
+
+# --- a failing test can be read without rerunning it ------------------------------------------------------
+
+MARKER = "sp-diagnostics-marker: the model file is missing"
+
+
+def test_a_failed_cluster_test_reports_events_and_log_tails(k8s_session, core: client.CoreV1Api) -> None:
+    """The report hook (fixtures.py) adds each pod's events and its containers' last log lines to a failure."""
+    ns = make_namespace(core, "sp-diagnostics")
+    pod = "crashing-service"
+    core.create_namespaced_pod(ns, hardened_pod_spec(pod, ["python3", "-c", f"print({MARKER!r}); raise SystemExit(3)"]))
+    wait_for("the crashing pod to fail", lambda: core.read_namespaced_pod(pod, ns).status.phase == "Failed", 60)
+    # What pytest does for a failed test that used the cluster, driven by hand.
+    report = SimpleNamespace(failed=True, sections=[])
+    item = SimpleNamespace(nodeid="tests/cluster/example.py::test_that_failed", fixturenames=["k8s_session"],
+                           config=SimpleNamespace(_k8s_session=k8s_session))
+    hook = fixtures.pytest_runtest_makereport(item, None)
+    next(hook)
+    try:
+        hook.send(report)
+    except StopIteration as done:
+        assert done.value is report
+    try:
+        assert len(report.sections) == 1, report.sections
+        title, text = report.sections[0]
+        assert "cluster diagnostics" in title
+        assert f"--- pod {ns}/{pod}: Failed" in text, text[-3000:]
+        assert f"event Normal Scheduled: Successfully assigned {ns}/{pod}" in text, text[-3000:]
+        assert "container client: ready=False restarts=0" in text and '"exitCode": 3' in text, text[-3000:]
+        assert f"    | {MARKER}" in text, text[-3000:]
+        assert "--- kubelet log (last lines)" in text  # and the daemons' log tails
+    finally:
+        k8s_session.failures.remove(item.nodeid)
+        k8s_session.reported.remove(item.nodeid)
+        core.delete_namespace(ns)
