@@ -19,7 +19,8 @@ The result is an OCI archive in `~/.cache/serving-patterns/cluster/images/kafka.
 mirrors, jar list, launchers) changes. The broker runs read-only as uid 10001 under the chart's
 security context: it writes only to its data volume and to /tmp.
 
-    python -m tests.cluster.kafka_image      # build (or say it is up to date), print the archive
+    python -m tests.cluster.kafka_image          # build (or say it is up to date), print the archive
+    python -m tests.cluster.kafka_image --load   # ... and import it into the `make cluster-up` cluster
 """
 
 from __future__ import annotations
@@ -157,4 +158,9 @@ def build(log: Log = _say, force: bool = False, archive: Path = KAFKA_ARCHIVE) -
 
 
 if __name__ == "__main__":
-    print(build(force="--force" in sys.argv[1:]))
+    built = build(force="--force" in sys.argv[1:])
+    print(built)
+    if "--load" in sys.argv[1:]:
+        from services.stack.cluster import Cluster
+
+        print("\n".join(Cluster(layout.DEFAULT_RUN_DIR).load_image(built)))
