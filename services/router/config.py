@@ -180,7 +180,8 @@ class ShadowConfig(_Strict):
 
 
 class FeedbackConfig(_Strict):
-    """Reward / outcome feedback of the A/B and bandit policies."""
+    """Outcome feedback (a label, a reward, or both) under every policy: A/B and bandits learn from it, every
+    policy counts it into the per-variant quality metrics."""
 
     ttl_s: float = Field(default=3600.0, gt=0.0)
     """How long after its decision a request id accepts feedback; later feedback gets 410."""

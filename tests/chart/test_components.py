@@ -54,6 +54,12 @@ def chart_stack(pattern: str, *sets: str) -> tuple[Counter, set[str]]:
     return roles, extras
 
 
+# Local processes the chart does not render yet, each with why. The supervisor runs locally with the
+# canary pattern; its Deployment, RBAC and ConfigMap-writing mode come with the supervisor's Kubernetes
+# part (issue "The model supervisor", item 3). Remove an entry when the chart renders it.
+NOT_YET_IN_THE_CHART = {"supervisor": "the supervisor's chart workload is not built yet"}
+
+
 def test_the_local_stack_knows_the_same_patterns():
     assert sorted(local.PATTERNS) == sorted(PATTERNS)
 
@@ -62,6 +68,9 @@ def test_the_local_stack_knows_the_same_patterns():
 def test_the_chart_runs_what_make_up_runs(pattern, monkeypatch, tmp_path):
     local_roles, local_extras = local_stack(pattern, monkeypatch, tmp_path)
     chart_roles, chart_extras = chart_stack(pattern)
+    for role in NOT_YET_IN_THE_CHART:
+        assert role not in chart_roles, f"the chart renders {role!r} now: drop it from NOT_YET_IN_THE_CHART"
+        local_roles.pop(role, None)
     assert set(chart_roles) == set(local_roles), (
         f"{pattern}: the chart renders {sorted(chart_roles)}, make up starts {sorted(local_roles)}")
     assert chart_extras == local_extras, f"{pattern}: chart {chart_extras} vs local stack {local_extras}"
