@@ -14,9 +14,11 @@ The service (python -m services.supervisor):
     scrape.py      the router's /metrics (or Prometheus query results) -> per-variant snapshots
     actions.py     the routing an action asks for; PUT /admin/routing with If-Match; conflicts
     service.py     the control loop: read, windows, evaluate, act, record, persist
-    app.py         GET /status, /decisions, POST /resume, /metrics
+    app.py         GET /status, /decisions, POST /resume, /metrics, the dashboard routes
+    dashboard.py   GET /api/dashboard: what the page shows, gathered from the router and the loop
     metrics.py     the supervisor's Prometheus metrics
+    static/        the dashboard page (uPlot vendored, no CDN)
+    grafana/       the Grafana dashboard JSON over the same metrics, and the script that builds it
 
-The Kubernetes ConfigMap writes, the drift input, the dashboard and the benchmark are not built
-yet; see README.md.
+The Kubernetes ConfigMap writes, the drift input and the benchmark are not built yet; see README.md.
 """
