@@ -29,7 +29,7 @@ import grpc
 import numpy as np
 from google.protobuf.descriptor import ServiceDescriptor
 
-from services.core.errors import InvalidInput, NotFound
+from services.core.errors import InvalidInput, NotFound, PayloadTooLarge
 from services.model_server.dispatch import Call
 from services.model_server.metadata import OUTPUTS
 from services.model_server.repository import Registry, Servable
@@ -45,7 +45,7 @@ from services.protocols.tfs import (
     tensor_shape_pb2,
     types_pb2,
 )
-from services.protocols.tfs.tensors import from_numpy, to_numpy
+from services.protocols.tfs.tensors import TensorTooLarge, from_numpy, to_numpy
 
 SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -125,7 +125,7 @@ def predict_response(view: _GrpcView, labels: np.ndarray, probabilities: np.ndar
     return predict_pb2.PredictResponse(outputs=outputs, model_spec=view.model_spec)
 
 
-def _input_array(tensor: Any) -> np.ndarray:
+def _input_array(tensor: Any, max_elements: int) -> np.ndarray:
     """The request's input tensor as an array. The common case (float32 `tensor_content`, rows x
     features) reads the bytes in place; anything else goes through `to_numpy`, which handles every
     supported dtype and encoding and names what is wrong."""
@@ -136,7 +136,7 @@ def _input_array(tensor: Any) -> np.ndarray:
             rows, cols = dims[0].size, dims[1].size
             if rows >= 0 and cols >= 0 and len(content) == rows * cols * 4:
                 return np.frombuffer(content, dtype=_F4).reshape(rows, cols)  # read-only; nothing writes to it
-    return to_numpy(tensor)
+    return to_numpy(tensor, max_elements)
 
 
 class PredictionServicer:
@@ -158,8 +158,12 @@ class PredictionServicer:
             if len(inputs) != 1 or expected not in inputs:
                 raise InvalidInput(f"PredictRequest.inputs must hold exactly the model's input {expected!r}, "
                                    f"got {sorted(inputs)}", field="inputs")
+            contract = servable.contract
             try:
-                arr = _input_array(inputs[expected])
+                arr = _input_array(inputs[expected], contract.max_batch_size * contract.n_features)
+            except TensorTooLarge as exc:
+                raise PayloadTooLarge(f"inputs[{expected!r}]: {exc} ({contract.max_batch_size} rows of "
+                                      f"{contract.n_features} features)", field=view.input_field) from exc
             except ValueError as exc:
                 raise InvalidInput(f"inputs[{expected!r}]: {exc}", field=view.input_field) from exc
             wanted = request.output_filter

@@ -190,6 +190,20 @@ def test_error_codes_name_the_problem(predict, holdout):
     assert rpc_error(lambda: predict.Predict(sig)).code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize("rows", [8_388_608, 2**31])
+def test_a_splat_tensor_is_refused_before_it_is_expanded(predict, holdout, rows):
+    """A 49-byte TensorProto (one float_val, shape [rows, 30]) once made the server allocate ~1 GiB
+    (and answer UNKNOWN at 2**31 rows): the declared size is checked against the limit first."""
+    dims = [tensor_shape_pb2.TensorShapeProto.Dim(size=rows), tensor_shape_pb2.TensorShapeProto.Dim(size=30)]
+    splat = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1.0],
+                                   tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=dims))
+    err = rpc_error(lambda: predict.Predict(request(tensor=splat)))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"declares {rows * 30} values; at most 1920 are accepted" in err.details(), err.details()
+    ok = predict.Predict(request(holdout[1][:2]))  # and the server keeps serving
+    assert list(ok.outputs["label"].tensor_shape.dim)[0].size == 2
+
+
 def test_oversized_message_is_resource_exhausted(predict):
     huge = request(np.ones((40000, 30)))  # ~4.8 MB > the 4 MiB message limit
     err = rpc_error(lambda: predict.Predict(huge))

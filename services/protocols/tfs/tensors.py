@@ -70,11 +70,18 @@ def _shape_of(proto: tensor_pb2.TensorProto) -> tuple[int, ...]:
     return dims
 
 
-def to_numpy(proto: tensor_pb2.TensorProto) -> np.ndarray:
+class TensorTooLarge(ValueError):
+    """The declared shape holds more values than the caller accepts (checked before any allocation)."""
+
+
+def to_numpy(proto: tensor_pb2.TensorProto, max_elements: int | None = None) -> np.ndarray:
     """Decode a TensorProto into a numpy array of its declared dtype and shape.
 
     Raises ValueError for an unsupported dtype, an unknown shape, or a value
-    count (or byte length) that does not match the declared shape.
+    count (or byte length) that does not match the declared shape; TensorTooLarge
+    when the shape declares more than `max_elements` values. The check comes
+    before any allocation: TensorFlow's one-value "splat" form lets a 49-byte
+    message declare a gigabyte.
     """
     codec = _CODECS.get(proto.dtype)
     if codec is None:
@@ -83,6 +90,8 @@ def to_numpy(proto: tensor_pb2.TensorProto) -> np.ndarray:
         )
     shape = _shape_of(proto)
     count = math.prod(shape)
+    if max_elements is not None and count > max_elements:
+        raise TensorTooLarge(f"tensor_shape {list(shape)} declares {count} values; at most {max_elements} are accepted")
 
     if proto.tensor_content:
         content = proto.tensor_content
