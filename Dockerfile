@@ -69,6 +69,6 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 USER 10001:0
 # Every entry point must import (and so start) with only the runtime dependencies.
-RUN python3 -c "import services.apps.embedded, services.apps.remote, services.apps.streaming, services.model_server.__main__, services.router.__main__, services.kafka.scoring, services.kafka.publisher"
+RUN python3 -c "import services.apps.embedded, services.apps.remote, services.apps.streaming, services.model_server.__main__, services.router.__main__, services.kafka.scoring, services.kafka.publisher, services.supervisor.__main__"
 EXPOSE 8080 8500 8501 8090
 CMD ["python3", "-m", "services.apps.embedded"]

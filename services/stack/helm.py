@@ -141,6 +141,7 @@ SERVICES = {
     "services.model_server": "MODEL_SERVER_",
     "services.router": "ROUTER_",
     "services.kafka.scoring": "SCORING_",
+    "services.supervisor": "SUPERVISOR_",
 }
 _COMMON = frozenset({"host", "port", "log_level", "shutdown_grace_s"})
 _MODEL = frozenset({"model_repository", "model_name", "model_version"})
@@ -154,6 +155,7 @@ CHART_MANAGED = {
     "services.router": _COMMON | {"routing_config", "grpc_port", "admin_token", "admin_token_file",
                                   "admin_writes_config", "state_file"},
     "services.kafka.scoring": _COMMON | _MODEL | {"bootstrap_servers", "signing_key_file"},
+    "services.supervisor": _COMMON | {"router_url", "admin_token", "admin_token_file", "rollout_spec", "state_file"},
 }
 PATTERNS = ["embedded", "model-as-service", "model-as-data", "stream-scoring", "shadow", "canary", "ab-test", "bandit"]
 #: The pattern whose app is which service (the `app` values block).
@@ -401,6 +403,9 @@ def values_schema() -> dict:
                                         "storageClass": {"type": "string"}}),
                 "autoscaling": autoscaling}),
             "scoring": block("services.kafka.scoring", {"port": port}, "More SCORING_ settings by field name."),
+            "supervisor": _strict({"enabled": {"type": "boolean"}, "port": port, "resources": resources,
+                                   "settings": _strict(settable_settings("services.supervisor"), required=[],
+                                                       description="More SUPERVISOR_ settings by field name.")}),
             "publisher": _strict({"allowFailedGate": {"type": "boolean"},
                                   "backoffLimit": {"type": "integer", "minimum": 0, "maximum": 100},
                                   "ttlSecondsAfterFinished": {"type": "integer", "minimum": 0},
@@ -437,6 +442,7 @@ def values_schema() -> dict:
             "networkPolicy": _strict({"enabled": {"type": "boolean"},
                                       "entryPointFrom": {"type": "array", "items": {"type": "object"}},
                                       "extraIngressFrom": {"type": "array", "items": {"type": "object"}}}),
+            "grafana": _strict({"dashboard": _strict({"enabled": {"type": "boolean"}})}),
             "tests": _strict({"enabled": {"type": "boolean"},
                               "timeoutSeconds": {"type": "integer", "minimum": 5, "maximum": 3600},
                               "resources": resources}),

@@ -148,7 +148,7 @@ def test_readiness_probes_use_each_service_s_ready_endpoint():
     wanted = {"services.apps.embedded": "/readyz", "services.apps.remote": "/readyz",
               "services.apps.streaming": "/readyz", "services.model_server": "/v2/health/ready",
               "services.router": "/v2/health/ready",
-              "services.kafka.scoring": "/readyz"}
+              "services.kafka.scoring": "/readyz", "services.supervisor": "/readyz"}
     seen = set()
     for pattern, sets in CASES:
         for doc, c in containers(render(pattern, *sets)):

@@ -262,11 +262,43 @@ def assert_helm_test_passes(helm: Helm, rel: Release) -> str:
     return result.stdout
 
 
+# GETs a URL from inside the cluster, retried until it answers 200 (kube-proxy may not have programmed a
+# new Service yet); prints one JSON line: the status and the decoded body.
+GET_CLIENT = r"""
+import json, sys, time, urllib.request
+url, deadline, last = sys.argv[1], time.time() + 60, None
+while time.time() < deadline:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            print(json.dumps({"status": resp.status, "body": json.loads(resp.read())}), flush=True)
+            sys.exit(0)
+    except Exception as e:
+        last = f"{type(e).__name__}: {e}"
+    time.sleep(0.5)
+print(json.dumps({"status": 0, "error": last}), flush=True)
+sys.exit(2)
+"""
+
+
+def get_json(core: client.CoreV1Api, namespace: str, url: str) -> dict:
+    """GET `url` from a client pod in `namespace` (the way every test reaches Services)."""
+    name = f"get-{int(time.time() * 1000) % 10**8}"
+    core.create_namespaced_pod(namespace, hardened_pod_spec(name, ["python3", "-c", GET_CLIENT, url]))
+    phase = wait_for(f"client pod {name} to finish", lambda: (
+        p := core.read_namespaced_pod(name, namespace).status.phase) in ("Succeeded", "Failed") and p, 120)
+    logs = core.read_namespaced_pod_log(name, namespace, container="client")
+    lines = [json.loads(ln) for ln in (logs or "").splitlines() if ln.startswith("{")]
+    assert phase == "Succeeded" and lines, f"GET {url} from {name}: {phase} {logs}"
+    core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+    return lines[-1]
+
+
 # --- every pattern -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
-def test_pattern_installs_runs_and_answers(pattern: str, deploy, helm: Helm, chart_cluster: Cluster, kube) -> None:
+def test_pattern_installs_runs_and_answers(pattern: str, deploy, helm: Helm, chart_cluster: Cluster, kube,
+                                          core) -> None:
     rel = deploy(pattern)
     kinds = Counter(d["kind"] for d in rel.manifests)
     pods_of = check_release(chart_cluster, kube, rel)
@@ -278,6 +310,17 @@ def test_pattern_installs_runs_and_answers(pattern: str, deploy, helm: Helm, cha
     if pattern in ("shadow", "canary", "ab-test", "bandit"):
         assert pods_of[rel.resource("router")]
         assert len([n for n in pods_of if "-model-server-" in n]) >= 2, sorted(pods_of)
+    if pattern == "canary":
+        # The model supervisor is Ready (check_release: its Deployment available, the pod Ready on
+        # /readyz, hardened) and its /status answers through its Service from a pod: it reads the
+        # rollout spec from the ConfigMap and knows the router's in-cluster URL.
+        assert pods_of[rel.resource("supervisor")]
+        got = get_json(core, rel.namespace, rel.svc_url("supervisor", 8090, "/status"))
+        assert got["status"] == 200, got
+        status = got["body"]
+        assert (status["rollout"], status["stable"], status["candidate"]) == (
+            "breast-cancer-v2", "stable", "candidate"), status
+        assert status["router"] == rel.svc_url("router", 8080, ""), status
     out = assert_helm_test_passes(helm, rel)
     print(out)
 
@@ -285,11 +328,17 @@ def test_pattern_installs_runs_and_answers(pattern: str, deploy, helm: Helm, cha
 # --- helm upgrade rolls the router, and the new routing answers ---------------------------------------------
 
 UPGRADE_TO_CANDIDATE = ('routing.config={"policy": {"params": {"weights": {"stable": 0, "candidate": 100}}}}',)
+# The supervisor is disabled for this release (install and upgrade alike: helm upgrade without
+# --reuse-values would bring it back): it writes the canary weights through PUT /admin/routing and
+# would move them away from the 95/5 and 0/100 this test sets through helm. Its own install is
+# checked in test_pattern_installs_runs_and_answers[canary].
+NO_SUPERVISOR = "supervisor.enabled=false"
 
 
 def test_canary_upgrade_rolls_the_router_and_the_new_weights_answer(deploy, helm: Helm, core, apps,
                                                                    kube) -> None:
-    rel = deploy("canary")
+    rel = deploy("canary", NO_SUPERVISOR, release="canary-upgrade")
+    assert not [d for d in rel.manifests if "supervisor" in d["metadata"]["name"]]
     ns = rel.namespace
     router = rel.resource("router")
     url = rel.svc_url("router", 8080, "/v2/models/breast-cancer/infer")
@@ -310,7 +359,7 @@ def test_canary_upgrade_rolls_the_router_and_the_new_weights_answer(deploy, helm
         return out
 
     old = template_state()
-    helm.upgrade(rel.name, ns, "canary", set_json=UPGRADE_TO_CANDIDATE)
+    helm.upgrade(rel.name, ns, "canary", NO_SUPERVISOR, set_json=UPGRADE_TO_CANDIDATE)
     cm = core.read_namespaced_config_map(rel.resource("routing"), ns)
     weights = yaml.safe_load(cm.data["routing.yaml"])["policy"]["params"]["weights"]
     assert weights == {"stable": 0, "candidate": 100}, weights

@@ -119,6 +119,12 @@ affinity:
 {{- if has .Values.pattern (list "shadow" "canary" "ab-test" "bandit") }}true{{ end -}}
 {{- end -}}
 
+{{/* The model supervisor runs with the canary pattern behind the project's router (it writes the
+router's PUT /admin/routing), when supervisor.enabled. */}}
+{{- define "sp.supervised" -}}
+{{- if and (eq .Values.pattern "canary") (eq .Values.routing.provider "router") .Values.supervisor.enabled }}true{{ end -}}
+{{- end -}}
+
 {{- define "sp.usesKafka" -}}
 {{- if has .Values.pattern (list "model-as-data" "stream-scoring") }}true{{ end -}}
 {{- end -}}
@@ -146,6 +152,7 @@ follow the models topic (scoring.settings.follow_models). A publisher Job then p
 {{- define "sp.stateDir" -}}/var/run/serving-patterns{{- end -}}
 {{- define "sp.routingDir" -}}/etc/serving-patterns/routing{{- end -}}
 {{- define "sp.adminTokenDir" -}}/var/run/secrets/serving-patterns/router-admin{{- end -}}
+{{- define "sp.rolloutDir" -}}/etc/serving-patterns/rollout{{- end -}}
 {{- define "sp.signingKeyDir" -}}/var/run/secrets/serving-patterns/model-signing{{- end -}}
 
 {{- define "sp.adminTokenSecret" -}}
@@ -268,6 +275,10 @@ workloads:
   - {id: router, component: router, key: router, module: services.router, prefix: ROUTER_, kind: router, entry: true,
      ports: [{name: http, port: {{ .Values.router.port }}}{{ if .Values.router.grpcPort }}, {name: grpc, port: {{ .Values.router.grpcPort }}}{{ end }}], ready: /v2/health/ready, live: /v2/health/live}
 {{- end }}
+{{- if include "sp.supervised" . }}
+  - {id: supervisor, component: supervisor, key: supervisor, module: services.supervisor, prefix: SUPERVISOR_, kind: supervisor, entry: false,
+     ports: [{name: http, port: {{ .Values.supervisor.port }}}], ready: /readyz, live: /healthz}
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -277,7 +288,7 @@ workloads:
 {{- $w := .w -}}
 {{- $v := $root.Values -}}
 {{- $s := dict "host" "0.0.0.0" "port" (index $w.ports 0).port "log_level" $v.logLevel "shutdown_grace_s" $v.shutdownGraceSeconds -}}
-{{- if ne $w.kind "router" -}}
+{{- if not (has $w.kind (list "router" "supervisor")) -}}
 {{- $_ := set $s "model_repository" (include "sp.modelRepository" $root) -}}
 {{- end -}}
 {{- if has $w.kind (list "app" "scoring") -}}
@@ -316,6 +327,12 @@ workloads:
 {{- /* The routing file is a read-only ConfigMap: changes made through PUT /admin/routing are kept
        in the state file; the ConfigMap (helm upgrade) stays the source of truth. */ -}}
 {{- $_ := set $s "admin_writes_config" false -}}
+{{- end -}}
+{{- if eq $w.kind "supervisor" -}}
+{{- $_ := set $s "router_url" (printf "http://%s:%v" (include "sp.svcHost" (list $root "router")) $v.router.port) -}}
+{{- $_ := set $s "admin_token_file" (printf "%s/%s" (include "sp.adminTokenDir" $root) $v.router.adminToken.key) -}}
+{{- $_ := set $s "rollout_spec" (printf "%s/rollout.yaml" (include "sp.rolloutDir" $root)) -}}
+{{- $_ := set $s "state_file" (printf "%s/supervisor-state.json" (include "sp.stateDir" $root)) -}}
 {{- end -}}
 {{- toJson $s -}}
 {{- end -}}
