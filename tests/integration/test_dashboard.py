@@ -62,12 +62,6 @@ TOTAL_REQUESTS_JS = """() => [...document.querySelectorAll('#variants tbody td.r
 
 
 @pytest.fixture
-def rows(holdout) -> list[tuple[list[float], int]]:
-    _, x, y = holdout
-    return list(zip(x.tolist(), y.tolist(), strict=True))
-
-
-@pytest.fixture
 def canary_stack(tmp_path: Path, start_service) -> dict[str, str]:
     spec_path = tmp_path / "rollout.yaml"
     spec_path.write_text(yaml.safe_dump(SPEC, sort_keys=False))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import yaml
 
 from services.stack.demo_routed import v2_body
 from services.stack.process import ServiceProcess
-from services.stack.routed import model_server, router_process, supervisor_process
+from services.stack.routed import router_process, supervisor_process
 
 pytestmark = pytest.mark.integration
 
@@ -49,31 +49,6 @@ SPEC: dict[str, Any] = {
         {"metric": "accuracy", "threshold": 0.05, "min_samples": 20},
     ],
 }
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory) -> Iterator[dict[str, str]]:
-    log_dir = tmp_path_factory.mktemp("model-servers")
-    started: list[ServiceProcess] = []
-    urls = {}
-    try:
-        for name in ("stable", "candidate"):
-            proc, url = model_server(f"model-server-{name}")
-            proc.start(log_dir)
-            started.append(proc)
-            urls[name] = url
-        for proc in started:
-            proc.wait_ready(90)
-        yield urls
-    finally:
-        for proc in reversed(started):
-            proc.stop()
-
-
-@pytest.fixture(scope="module")
-def rows(holdout) -> list[tuple[list[float], int]]:
-    _, x, y = holdout
-    return list(zip(x.tolist(), y.tolist(), strict=True))
 
 
 class Stack:
