@@ -110,7 +110,7 @@ class Helm:
 
 def build_images(log: Callable[[str], None]) -> dict[str, Path]:
     """The project image (Dockerfile, buildah) and the Kafka stand-in; each rebuilt only when its inputs changed."""
-    from tests.cluster import kafka_image
+    from services.stack.cluster import kafka_image
 
     t0 = time.monotonic()
     app = images.build_app_image(log)

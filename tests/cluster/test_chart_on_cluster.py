@@ -2,7 +2,7 @@
 
 The session's single-node cluster (fixtures.py) gets the project image, built for real from the
 Dockerfile with buildah (skipped when its inputs are unchanged), and a Kafka broker image built
-here (tests/cluster/kafka_image.py), both imported into the node (`imagePullPolicy: Never`,
+here (services/stack/cluster/kafka_image.py), both imported into the node (`imagePullPolicy: Never`,
 tests/cluster/values-cluster.yaml). Then, each in its own namespace enforcing the `restricted`
 Pod Security Standard:
 

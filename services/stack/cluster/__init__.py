@@ -3,7 +3,7 @@
     python -m services.stack.cluster build        packages, binaries, images (once; cached outside the repo)
     python -m services.stack.cluster up           start it; prints `export KUBECONFIG=...`
     python -m services.stack.cluster down         stop it, restore the host
-    python -m services.stack.cluster status | kubeconfig | image
+    python -m services.stack.cluster status | kubeconfig | image | kafka-image
 
 From Python (tests)::
 

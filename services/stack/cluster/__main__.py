@@ -1,4 +1,4 @@
-"""CLI: python -m services.stack.cluster {build,up,down,status,kubeconfig,image}."""
+"""CLI: python -m services.stack.cluster {build,up,down,status,kubeconfig,image,kafka-image}."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from services.stack.cluster import build, images, layout
+from services.stack.cluster import build, images, kafka_image, layout
 from services.stack.cluster.cluster import Cluster, ClusterError, PreflightError
 
 
@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p_image = sub.add_parser("image", help="build the project's Dockerfile with buildah -> OCI archive")
     p_image.add_argument("--load", action="store_true", help="also import it into the running cluster")
     p_image.add_argument("--force", action="store_true", help="rebuild even when the build inputs are unchanged")
+    p_kafka = sub.add_parser("kafka-image", help="build the chart's demo Kafka broker image (no registry needed)")
+    p_kafka.add_argument("--load", action="store_true", help="also import it into the running cluster")
+    p_kafka.add_argument("--force", action="store_true", help="rebuild even when its recipe is unchanged")
     args = parser.parse_args(argv)
 
     cluster = Cluster(args.run_dir)
@@ -81,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"no Dockerfile at {images.DOCKERFILE}", file=sys.stderr)
                 return 1
             archive = images.build_app_image(build.log, force=args.force)
+            print(archive)
+            if args.load:
+                print("\n".join(cluster.load_image(archive)))
+            return 0
+        if args.cmd == "kafka-image":
+            archive = kafka_image.build(build.log, force=args.force)
             print(archive)
             if args.load:
                 print("\n".join(cluster.load_image(archive)))

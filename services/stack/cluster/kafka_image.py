@@ -19,8 +19,8 @@ The result is an OCI archive in `~/.cache/serving-patterns/cluster/images/kafka.
 mirrors, jar list, launchers) changes. The broker runs read-only as uid 10001 under the chart's
 security context: it writes only to its data volume and to /tmp.
 
-    python -m tests.cluster.kafka_image          # build (or say it is up to date), print the archive
-    python -m tests.cluster.kafka_image --load   # ... and import it into the `make cluster-up` cluster
+    python -m services.stack.cluster kafka-image          # build (or say it is up to date), print the archive
+    python -m services.stack.cluster kafka-image --load   # ... and import it into the `make cluster-up` cluster
 """
 
 from __future__ import annotations
@@ -156,11 +156,3 @@ def build(log: Log = _say, force: bool = False, archive: Path = KAFKA_ARCHIVE) -
     log(f"{KAFKA_IMAGE}: {archive} ({archive.stat().st_size / 2**20:.0f} MiB) in {time.monotonic() - t0:.0f}s")
     return archive
 
-
-if __name__ == "__main__":
-    built = build(force="--force" in sys.argv[1:])
-    print(built)
-    if "--load" in sys.argv[1:]:
-        from services.stack.cluster import Cluster
-
-        print("\n".join(Cluster(layout.DEFAULT_RUN_DIR).load_image(built)))
