@@ -18,6 +18,7 @@ help:
 	@echo "make bench-serving         benchmark every way of serving side by side -> reports/serving.md"
 	@echo "make bench-router          router overhead per policy -> reports/router.md"
 	@echo "make bench-kafka           model swap latency, stream-scoring throughput -> reports/kafka.md"
+	@echo "make bench-supervisor      sequential vs fixed-interval canary analysis (simulated) -> reports/supervisor.md"
 	@echo "make models | lint | status | clean"
 
 setup: $(STAMP)
@@ -116,6 +117,11 @@ bench-router: setup models
 # Model-as-data swap latency and stream-scoring throughput on the real broker -> reports/kafka.md.
 bench-kafka: setup models kafka-fetch
 	@$(PY) -m loadtests.bench_kafka $(BENCH_ARGS)
+
+# Sequential analysis vs a Flagger-like fixed-interval analysis, simulated (seconds) -> reports/supervisor.md.
+.PHONY: bench-supervisor
+bench-supervisor: setup
+	@$(PY) -m loadtests.bench_supervisor $(BENCH_ARGS)
 
 lint: setup
 	@$(PY) -m ruff check services models loadtests tests
