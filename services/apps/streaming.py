@@ -82,6 +82,9 @@ class StreamingSettings(ModelSettings):
     """Include the input rows in prediction events (else only their sha256)."""
     events_buffer: int = 1_000
     """model-events records buffered while the broker is slow or absent."""
+    accept_demo_material: bool = False
+    """Take versions whose card says they failed the quality gate as exempt demo material (rollback demos).
+    Off: such a version is refused (`gate`); a version that failed its gate otherwise is refused always."""
 
 
 def create_app(settings: StreamingSettings) -> Any:
@@ -93,7 +96,7 @@ def create_app(settings: StreamingSettings) -> Any:
                             skew_tolerance=settings.skew_tolerance),
         build=version_builder(settings.max_batch_size),
         reference=reference_card(settings.model_repository, settings.model_name, settings.contract_card),
-        events_buffer=settings.events_buffer)
+        events_buffer=settings.events_buffer, accept_demo_material=settings.accept_demo_material)
     backend = HotSwapBackend(follower)
     sinks: tuple[PredictionLog, ...] = ()
     if settings.prediction_log:

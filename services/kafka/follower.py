@@ -21,13 +21,20 @@ For each record:
 3. **swap** (`Slot.swap`): the new version serves every new request; the old one drains and is
    unloaded.
 
+Before the lifecycle, the release rules (issue #11; messages.py "Releases and rollbacks"): a
+version whose card says it failed its quality gate is refused (`gate`) unless the service takes
+demo material (`accept_demo_material`); a release not newer than the one serving is refused
+(`replay`: an old record sent again cannot roll the service back); a newer release naming an
+older version must say it is a rollback (`downgrade` otherwise).
+
 A refusal at any step leaves the served version untouched and is recorded three ways:
 `model_rejections_total{reason}`, one JSON log line (services.core.lifecycle.log_refusal) and a
 `rejected` record on `model-events` (reason = the error's `code`). A message carrying the version
 already served (same sha256) is `unchanged`; a tombstone is logged and skipped.
 
 At start-up the subscriber reads the topic to its end offsets first; `recover()` then tries the
-newest record for this model, falling back to older ones until one is accepted. `ready` turns
+record with the newest release for this model (not the last offset: a replayed old record may sit
+at the end), falling back to older ones until one is accepted. `ready` turns
 true only after that, so a replica never takes traffic with a version about to be replaced.
 With no acceptable model on the topic the service stays unready and waits for one.
 """
@@ -92,9 +99,11 @@ class ModelFollower(Generic[V]):
         build: Callable[[OnnxModel], V],
         subscriber_factory: Callable[[ModelHandler], Subscriber],
         reference_card: ModelCard | None = None,
+        accept_demo_material: bool = False,
     ) -> None:
         """`subscriber_factory(handler)` returns the object that feeds `recover`/`handle`
-        (a `ModelSubscriber`; tests may pass their own)."""
+        (a `ModelSubscriber`; tests may pass their own). `accept_demo_material`: take versions whose
+        card says they failed the gate as exempt demo material (rollback demos); never other failures."""
         self.model_name = model_name
         self._key = key
         self.events = events
@@ -102,6 +111,9 @@ class ModelFollower(Generic[V]):
         self.build = build
         self.reference_card = reference_card
         self.slot: Slot[V] = Slot()
+        self.accept_demo_material = accept_demo_material
+        self.release: int | None = None
+        """The release sequence of the version serving now (None before the first)."""
         self.recovered = False
         self.subscriber = subscriber_factory(self)
         metrics.MODEL_SERVED_VERSION.labels(model_name).set(0)
@@ -122,7 +134,7 @@ class ModelFollower(Generic[V]):
     # -- ModelHandler (on the event loop; the subscriber hands the records over) ---------------------
 
     async def recover(self, records: list[Any]) -> None:
-        for record in reversed(records):
+        for record in sorted(records, key=_claimed_release, reverse=True):
             if await self._consider(record, live=False):
                 break
         else:
@@ -162,11 +174,13 @@ class ModelFollower(Generic[V]):
             version, sha = msg.model_version, msg.sha256
             current = self.slot.current  # handlers run one at a time, but the decode yielded the loop
             if current is not None and current.version == version and current.card.sha256 == sha:
+                self.release = max(self.release or 0, msg.release)
                 metrics.MODEL_MESSAGES.labels(self.model_name, str(version), "unchanged").inc()
                 self.events.emit("unchanged", self.model_name, version, sha256=sha, source=_source(record))
                 log.info("model message carries the version already served",
                          extra={"model_name": self.model_name, "model_version": version, **_source(record)})
                 return True
+            self._release_rules(msg, current)
         except ArtifactError as exc:
             log_refusal(self.model_name, version, exc, source)
             self._reject(record, version, sha, exc)
@@ -191,6 +205,7 @@ class ModelFollower(Generic[V]):
                          source=_source(record))
         publish_to_swap = max(0.0, time.time() - record.timestamp / 1000) if live and record.timestamp > 0 else None
         old = await self.slot.swap(new)  # serving from its first line; the rest is the old one's drain
+        self.release = msg.release
         old_version = old.version if old is not None else None
         if publish_to_swap is not None:
             metrics.MODEL_PUBLISH_TO_SWAP_SECONDS.labels(self.model_name, label).observe(publish_to_swap)
@@ -211,6 +226,20 @@ class ModelFollower(Generic[V]):
         )
         return True
 
+    def _release_rules(self, msg: messages.ModelMessage, current: V | None) -> None:
+        gate = msg.gate
+        if gate and not gate.get("passed", True) and not (self.accept_demo_material and gate.get("demo_material")):
+            why = gate.get("reason") or f"{gate.get('metric')} below the floor {gate.get('floor')}"
+            raise messages.GateFailed(f"v{msg.model_version}'s card says it failed its quality gate ({why}); "
+                                      + ("demo material is not taken here (setting accept_demo_material)"
+                                         if gate.get("demo_material") else "never served"))
+        if self.release is not None and msg.release <= self.release:
+            raise messages.Replay(f"release {msg.release} of v{msg.model_version} is not newer than release "
+                                  f"{self.release} serving now: an old record sent again; publish a rollback instead")
+        if current is not None and msg.model_version < current.version and not msg.rollback:
+            raise messages.Downgrade(f"v{msg.model_version} is older than the served v{current.version} and the "
+                                     "message is not marked as a rollback (publisher --rollback)")
+
     def _reject(self, record: Any, version: int | None, sha: str | None, exc: ServingError) -> None:
         label = "unknown" if version is None else str(version)
         metrics.MODEL_REJECTIONS.labels(self.model_name, label, exc.code).inc()
@@ -219,10 +248,19 @@ class ModelFollower(Generic[V]):
                          source=_source(record))
 
 
+def _claimed_release(record: Any) -> tuple[int, int]:
+    """(release the header claims, offset), unverified: only the order recovery tries records in."""
+    try:
+        release = messages.read_header(record.value).get("release")
+    except ArtifactError:
+        release = None
+    return (release if isinstance(release, int) else -1, record.offset)
+
+
 def follow_models_topic(*, app: str, bootstrap_servers: str, models_topic: str, model_events_topic: str,
                         model_name: str, signing_key_file: Path | None, backoff_max_s: float, lifecycle: Lifecycle,
                         build: Callable[[OnnxModel], V], reference: ModelCard | None,
-                        events_buffer: int = 1_000) -> ModelFollower[V]:
+                        events_buffer: int = 1_000, accept_demo_material: bool = False) -> ModelFollower[V]:
     """A follower of `model_name` on the models topic, recording its decisions on `model_events_topic`:
     the wiring the streaming app and the scoring worker share."""
     key = messages.load_signing_key(signing_key_file)
@@ -236,4 +274,5 @@ def follow_models_topic(*, app: str, bootstrap_servers: str, models_topic: str, 
                                backoff_max_s=backoff_max_s, client_id=f"{app}-{events.instance}")
 
     return ModelFollower(model_name=model_name, key=key, events=events, lifecycle=lifecycle, build=build,
-                         subscriber_factory=subscriber, reference_card=reference)
+                         subscriber_factory=subscriber, reference_card=reference,
+                         accept_demo_material=accept_demo_material)

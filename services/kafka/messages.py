@@ -17,7 +17,7 @@ Record value, format version 2 (binary framing; the ONNX and CSV bytes are carri
     41+N+onnx   holdout_size  the holdout set, CSV (`holdout.csv` of the repository version)
 
     header = {
-      "schema": 2,                      # header schema version; readers refuse unknown ones
+      "schema": 3,                      # header schema version; readers refuse unknown ones (2: no release)
       "model_name": "wine",             # equals the record key and card.name
       "model_version": 2,               # equals card.version
       "sha256": "<hex>",                # sha256 of the ONNX bytes; equals card.sha256
@@ -28,8 +28,20 @@ Record value, format version 2 (binary framing; the ONNX and CSV bytes are carri
       "key_id": "<16 hex>",             # which signing key made the tag (not secret; see key_id())
       "signature_alg": "hmac-sha256",
       "published_at": "2025-01-01T00:00:00Z",
-      "publisher": "user@host"
+      "publisher": "user@host",
+      "release": 1735689600123456,      # release sequence: grows with every publication of this model
+      "rollback": false                 # true: an explicit rollback to an older version (see below)
     }
+
+Releases and rollbacks (issue #11: a re-sent old record must not roll an app back): the release
+sequence sits inside the signed header, so it cannot be altered without the key. A consumer
+refuses a message whose release is not newer than the one it serves (`replay`: someone re-sent
+an old record), and a newer release naming an older version unless the header says
+`"rollback": true` (`downgrade`). A rollback is therefore a *new*, signed publication of the
+old version (`publisher --version 1 --rollback`); re-sending yesterday's bytes is not one. The
+publisher picks max(now in microseconds, the newest release on the topic + 1), so releases grow
+even when publishers' clocks disagree. Consumers also refuse a version whose card says it failed
+its quality gate (`gate`), unless they are configured to take demo material.
 
 The holdout set travels with the model so every consumer can run the integration check before
 it swaps (services/core/lifecycle.py: the holdout scored through the consumer's own input path
@@ -61,6 +73,7 @@ Verification order, each failure an `ArtifactError` whose `code` is the reason r
     checksum   sha256 of the ONNX bytes differs from the header's or the card's, or the holdout
                set's from the header's (`ChecksumMismatch`)
     name       card name/version disagree with the header or the record key (`NameMismatch`)
+(`gate`, `replay` and `downgrade` are the follower's release rules: services/kafka/follower.py.)
 (`contract`, `load`, `holdout` and `skew` are the consumer's lifecycle: services/core/lifecycle.py.)
 
 Size: one message carries the whole model and its holdout set, up to `MAX_MODEL_MESSAGE_BYTES`
@@ -92,7 +105,7 @@ from services.kafka.topics import MAX_MESSAGE_BYTES
 
 MAGIC = b"SPMD"
 FORMAT_VERSION = 2
-HEADER_SCHEMA = 2
+HEADER_SCHEMA = 3
 SIGNATURE_ALG = "hmac-sha256"
 _TAG_AT, _TAG_LEN = 5, 32
 _HLEN_AT = _TAG_AT + _TAG_LEN  # 37
@@ -114,6 +127,24 @@ class Malformed(ArtifactError):
 
 class SignatureMismatch(IntegrityError):
     code = "signature"
+
+
+class GateFailed(ArtifactError):
+    """The card says the version failed its quality gate, and this consumer does not take demo material."""
+
+    code = "gate"
+
+
+class Replay(ArtifactError):
+    """The release is not newer than the one serving: an old record sent again."""
+
+    code = "replay"
+
+
+class Downgrade(ArtifactError):
+    """A newer release naming an older version without saying it is a rollback."""
+
+    code = "downgrade"
 
 
 class SigningKeyError(RuntimeError):
@@ -192,6 +223,19 @@ class ModelMessage:
     def sha256(self) -> str:
         return self.header["sha256"]
 
+    @property
+    def release(self) -> int:
+        return self.header["release"]
+
+    @property
+    def rollback(self) -> bool:
+        return self.header["rollback"]
+
+    @property
+    def gate(self) -> dict[str, Any]:
+        gate = self.header["card"].get("gate")
+        return gate if isinstance(gate, dict) else {}
+
     def artifact(self, source: str) -> Artifact:
         return Artifact(self.card, self.onnx_bytes, self.holdout_csv, source)
 
@@ -211,8 +255,11 @@ def encode(
     sha256: str | None = None,
     published_at: str | None = None,
     publisher: str | None = None,
+    release: int | None = None,
+    rollback: bool = False,
 ) -> bytes:
-    """Build a signed message. `sha256` defaults to the ONNX bytes' hash (tests pass a wrong one)."""
+    """Build a signed message. `sha256` defaults to the ONNX bytes' hash (tests pass a wrong one);
+    `release` to now in microseconds (the publisher passes one newer than any on the topic)."""
     header = {
         "schema": HEADER_SCHEMA,
         "model_name": card["name"],
@@ -226,6 +273,8 @@ def encode(
         "signature_alg": SIGNATURE_ALG,
         "published_at": published_at or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "publisher": publisher or f"{getpass.getuser()}@{socket.gethostname()}",
+        "release": release if release is not None else now_release(),
+        "rollback": bool(rollback),
     }
     raw_header = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     if len(raw_header) > MAX_HEADER_BYTES:
@@ -239,6 +288,10 @@ def encode(
             f"(broker message.max.bytes {MAX_MESSAGE_BYTES} less framing room)"
         )
     return value
+
+
+def now_release() -> int:
+    return time.time_ns() // 1000
 
 
 def read_header(value: bytes) -> dict[str, Any]:
@@ -274,7 +327,8 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
     return header
 
 
-_REQUIRED = ("model_name", "model_version", "sha256", "onnx_size", "holdout_sha256", "holdout_size", "card")
+_REQUIRED = ("model_name", "model_version", "sha256", "onnx_size", "holdout_sha256", "holdout_size", "card",
+             "release", "rollback")
 
 
 def decode(value: bytes | None, key: bytes, *, record_key: str | None = None) -> ModelMessage:
@@ -295,11 +349,19 @@ def decode(value: bytes | None, key: bytes, *, record_key: str | None = None) ->
         raise SignatureMismatch("signature does not verify: the message was altered after signing")
 
     header = _parse_header(value[_HEADER_AT : _HEADER_AT + n])
+    if header.get("schema") == 2:
+        raise Malformed("header schema 2 carries no release sequence, so a re-sent old record could not be told "
+                        f"from a new one; this reader takes schema {HEADER_SCHEMA}: republish the version with the "
+                        "current publisher")
     if header.get("schema") != HEADER_SCHEMA:
         raise Malformed(f"header schema {header.get('schema')!r} is unknown (this reader knows {HEADER_SCHEMA})")
     missing = [f for f in _REQUIRED if f not in header]
     if missing:
         raise Malformed(f"header lacks {missing}")
+    if not (isinstance(header["release"], int) and not isinstance(header["release"], bool) and header["release"] > 0
+            and isinstance(header["rollback"], bool)):
+        raise Malformed(f"release {header['release']!r} / rollback {header['rollback']!r}: a positive integer and a "
+                        "boolean are needed")
     onnx_size, holdout_size = header["onnx_size"], header["holdout_size"]
     body = value[_HEADER_AT + n :]
     if not (isinstance(onnx_size, int) and isinstance(holdout_size, int) and onnx_size >= 0 and holdout_size >= 0

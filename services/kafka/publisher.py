@@ -1,13 +1,16 @@
 """Publish a model version from the repository to the compacted `models` topic.
 
     python -m services.kafka.publisher --model wine --version 2      publish (and so roll forward)
-    python -m services.kafka.publisher --model wine --version 1      publish an older one: the rollback
+    python -m services.kafka.publisher --model wine --version 1 --rollback   an older one: the rollback
     python -m services.kafka.publisher --model wine                  the newest version that passed its gate
     python -m services.kafka.publisher --list                        the latest message per model on the topic
 
 The message (see `messages.py`) carries the ONNX bytes, the model card, the holdout set, their
 sha256 and an HMAC-SHA256 signature; it is keyed by model name, so compaction keeps the latest per model and
-every subscribed app swaps to whatever was published last. The topic is created on first use
+every subscribed app swaps to whatever was published last. Each publication carries a release
+sequence newer than any on the topic for that model (messages.py "Releases and rollbacks"), so
+a re-sent old record is refused by the apps; publishing a version older than the newest on the
+topic needs `--rollback`, which marks the (signed) message as an explicit rollback. The topic is created on first use
 with `cleanup.policy=compact` and a 16 MiB `max.message.bytes`.
 
 Versions whose card says they failed the quality gate (the v3 demo material) are refused unless
@@ -63,12 +66,16 @@ class Published:
     partition: int
     offset: int
     key_id: str
+    release: int = 0
+    rollback: bool = False
+    note: str = ""
 
     def describe(self) -> str:
         return (
-            f"published {self.model_name} v{self.model_version} to {self.topic} "
-            f"(partition {self.partition}, offset {self.offset}): {self.size:,} bytes, "
-            f"sha256 {self.sha256[:16]}..., signed hmac-sha256 with key id {self.key_id}"
+            f"published {self.model_name} v{self.model_version}{' (rollback)' if self.rollback else ''} to "
+            f"{self.topic} (partition {self.partition}, offset {self.offset}, release {self.release}): "
+            f"{self.size:,} bytes, sha256 {self.sha256[:16]}..., signed hmac-sha256 with key id {self.key_id}"
+            + (f"; note: {self.note}" if self.note else "")
         )
 
 
@@ -118,13 +125,51 @@ def publish(
     key: bytes | None = None,
     topic: str = MODELS,
     allow_failed_gate: bool = False,
+    rollback: bool = False,
     producer: KafkaProducer | None = None,
 ) -> Published:
     """Publish a repository version; creates the topic if needed. Returns where it landed."""
     card, onnx_bytes, holdout_csv = load_artifact(repo, model, version, allow_failed_gate)
+    return publish_artifact(bootstrap_servers, card, onnx_bytes, holdout_csv, key=key, topic=topic,
+                            rollback=rollback, producer=producer)
+
+
+def newest_on_topic(bootstrap_servers: str, topic: str, model: str) -> tuple[int, int] | None:
+    """(release, version) of the newest-release record for `model` on the topic (headers unverified:
+    only to pick the next release number and to notice a rollback), or None."""
+    newest = None
+    for entry in latest_messages(bootstrap_servers, topic, key=None, all_records=True):
+        if entry.get("key") == model and isinstance(entry.get("release"), int):
+            if newest is None or entry["release"] > newest[0]:
+                newest = (entry["release"], entry.get("model_version"))
+    return newest
+
+
+def publish_artifact(
+    bootstrap_servers: str,
+    card: dict[str, Any],
+    onnx_bytes: bytes,
+    holdout_csv: bytes,
+    *,
+    key: bytes | None = None,
+    topic: str = MODELS,
+    rollback: bool = False,
+    producer: KafkaProducer | None = None,
+) -> Published:
+    """Sign and send one artifact with the next release number.
+
+    A version older than the newest on the topic without `rollback` is still sent (an app that
+    starts afresh takes it: the newest release wins), but apps serving the newer version refuse it
+    as a `downgrade`; `Published.note` says so."""
     key = key if key is not None else messages.load_signing_key()
-    value = messages.encode(card, onnx_bytes, holdout_csv, key)
     ensure_topics(bootstrap_servers, [models_topic(topic)])
+    newest = newest_on_topic(bootstrap_servers, topic, card["name"])
+    note = ""
+    if newest is not None and isinstance(newest[1], int) and card["version"] < newest[1] and not rollback:
+        note = (f"v{card['version']} is older than v{newest[1]}, the newest on {topic}, and not marked as a rollback: "
+                "apps serving a newer version refuse it (downgrade); publish with --rollback to roll them back")
+    release = max(messages.now_release(), (newest[0] + 1) if newest else 0)
+    value = messages.encode(card, onnx_bytes, holdout_csv, key, release=release, rollback=rollback)
     own = producer is None
     producer = producer or make_producer(bootstrap_servers)
     try:
@@ -133,12 +178,14 @@ def publish(
         if own:
             producer.close(timeout=10)
     return Published(card["name"], card["version"], card["sha256"], len(value), topic, meta.partition,
-                     meta.offset, messages.key_id(key))
+                     meta.offset, messages.key_id(key), release, rollback, note)
 
 
-def latest_messages(bootstrap_servers: str, topic: str = MODELS, key: bytes | None = None) -> list[dict[str, Any]]:
-    """The latest record per key on the topic, read from the beginning to the end offsets; each
-    with the header, where it is, and whether it verifies with `key` (None: not checked)."""
+def latest_messages(bootstrap_servers: str, topic: str = MODELS, key: bytes | None = None,
+                    all_records: bool = False) -> list[dict[str, Any]]:
+    """The latest record per key on the topic (every record with `all_records`), read from the
+    beginning to the end offsets; each with the header, where it is, and whether it verifies with
+    `key` (None: not checked)."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
         max_partition_fetch_bytes=MODEL_FETCH_BYTES, fetch_max_bytes=MODEL_FETCH_BYTES,
@@ -157,15 +204,16 @@ def latest_messages(bootstrap_servers: str, topic: str = MODELS, key: bytes | No
                 break
             for batch in consumer.poll(timeout_ms=1000).values():
                 for r in batch:
-                    latest[r.key] = r
+                    latest[(r.key, r.offset) if all_records else r.key] = r
         out = []
-        for k, r in sorted(latest.items(), key=lambda kv: kv[0] or b""):
+        for _, r in sorted(latest.items(), key=lambda kv: (kv[1].key or b"", kv[1].offset)):
+            k = r.key
             entry: dict[str, Any] = {"key": k.decode(errors="replace") if k else None, "partition": r.partition,
                                      "offset": r.offset, "timestamp_ms": r.timestamp}
             try:
                 h = messages.read_header(r.value)
                 entry.update({f: h.get(f) for f in ("model_name", "model_version", "sha256", "onnx_size", "key_id",
-                                                    "published_at", "publisher")})
+                                                    "published_at", "publisher", "release", "rollback")})
                 if key is not None:
                     messages.decode(r.value, key, record_key=entry["key"])
                     entry["verified"] = True
@@ -201,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-file", type=Path, help="file holding the HMAC signing key")
     parser.add_argument("--allow-failed-gate", action="store_true",
                         help="publish a version whose card says it failed the quality gate")
+    parser.add_argument("--rollback", action="store_true",
+                        help="publish a version older than the newest on the topic as an explicit rollback")
     args = parser.parse_args(argv)
     if not args.list and not args.model:
         parser.error("--model is required (or --list)")
@@ -212,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(entry))
             return 0
         result = publish(bootstrap, args.model, args.version, repo=args.repository, key=key, topic=args.topic,
-                         allow_failed_gate=args.allow_failed_gate)
+                         allow_failed_gate=args.allow_failed_gate, rollback=args.rollback)
     except (PublishError, messages.SigningKeyError, ServingError) as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1

@@ -54,8 +54,8 @@ def artifact(model_repo, name: str, version: int) -> tuple[dict, bytes, bytes]:
             (d / "holdout.csv").read_bytes())
 
 
-def signed(model_repo, name: str, version: int, key: bytes = KEY) -> bytes:
-    return messages.encode(*artifact(model_repo, name, version), key)
+def signed(model_repo, name: str, version: int, key: bytes = KEY, **kw) -> bytes:
+    return messages.encode(*artifact(model_repo, name, version), key, **kw)
 
 
 def flipped_labels(holdout_csv: bytes, n: int) -> bytes:
@@ -92,9 +92,9 @@ def events(backend) -> list[dict]:
 
 
 def test_recovery_takes_the_newest_acceptable_record(backend, model_repo):
-    bad = signed(model_repo, MODEL, 2, key=b"another-key-0123456789abcdef")
-    asyncio.run(backend.follower.recover([record(signed(model_repo, MODEL, 1), 0),
-                                          record(signed(model_repo, MODEL, 2), 1),
+    bad = signed(model_repo, MODEL, 2, key=b"another-key-0123456789abcdef", release=30)
+    asyncio.run(backend.follower.recover([record(signed(model_repo, MODEL, 1, release=10), 0),
+                                          record(signed(model_repo, MODEL, 2, release=20), 1),
                                           record(bad, 2)]))
     assert backend.ready and served(backend) == 2
     kinds = [(e["event"], e["model_version"], e["reason"]) for e in events(backend)]
@@ -121,14 +121,58 @@ def test_swap_then_rollback_and_identical_republish(backend, model_repo, holdout
         _, proba = ort.InferenceSession(str(model_repo / MODEL / "2/model.onnx")).run(None, {"input": x})
         assert got.model_version == 2
         np.testing.assert_allclose(got.probabilities, proba, atol=1e-6)
-        await f.handle(record(signed(model_repo, MODEL, 1), 2))  # rollback
+        await f.handle(record(signed(model_repo, MODEL, 1), 2))  # an older version, not marked: refused
+        assert served(backend) == 2 and events(backend)[-1]["reason"] == "downgrade"
+        await f.handle(record(signed(model_repo, MODEL, 1, rollback=True), 3))  # the explicit rollback
         assert served(backend) == 1
-        await f.handle(record(signed(model_repo, MODEL, 1), 3))
+        await f.handle(record(signed(model_repo, MODEL, 1), 4))
         assert events(backend)[-1]["event"] == "unchanged"
         await backend.stop()
         assert f.slot.current is None
 
     asyncio.run(scenario())
+
+
+def test_replayed_old_record_is_refused_and_recovery_prefers_the_newest_release(backend, model_repo):
+    f = backend.follower
+    v1_old = signed(model_repo, MODEL, 1, release=100)
+    v2 = signed(model_repo, MODEL, 2, release=200)
+    before = rejections("replay")
+
+    async def scenario():
+        await f.recover([record(v1_old, 0)])
+        await f.handle(record(v2, 1))
+        await f.handle(record(v1_old, 2))  # the very bytes of the first release, sent again
+        assert served(backend) == 2 and f.release == 200
+        await f.handle(record(signed(model_repo, MODEL, 1, release=150, rollback=True), 3))  # an older rollback too
+        assert served(backend) == 2
+
+    asyncio.run(scenario())
+    assert [e["reason"] for e in events(backend) if e["event"] == "rejected"] == ["replay", "replay"]
+    assert rejections("replay") == before + 2
+    # A fresh follower reading that topic serves the newest release, not the last offset.
+    fresh = ModelFollower(model_name=MODEL, key=KEY, events=RecordingEvents(), lifecycle=Lifecycle(),
+                          build=version_builder(256), subscriber_factory=lambda _: FakeSubscriber())
+    asyncio.run(fresh.recover([record(v1_old, 0), record(v2, 1), record(v1_old, 2)]))
+    assert fresh.slot.current.version == 2
+    asyncio.run(fresh.slot.close())
+
+
+def test_gate_failed_version_is_refused_unless_demo_material_is_taken(backend, model_repo):
+    f = backend.follower
+    asyncio.run(f.recover([record(signed(model_repo, MODEL, 1), 0)]))
+    asyncio.run(f.handle(record(signed(model_repo, MODEL, 3), 1)))
+    assert served(backend) == 1
+    last = events(backend)[-1]
+    assert (last["event"], last["reason"]) == ("rejected", "gate") and "accept_demo_material" in last["detail"]
+    f.accept_demo_material = True
+    asyncio.run(f.handle(record(signed(model_repo, MODEL, 3), 2)))
+    assert served(backend) == 3
+    card, onnx, holdout = artifact(model_repo, MODEL, 2)
+    failed = {**card, "gate": {**card["gate"], "passed": False, "demo_material": False, "reason": "below floor"}}
+    asyncio.run(f.handle(record(messages.encode(failed, onnx, holdout, KEY), 3)))
+    assert served(backend) == 3 and events(backend)[-1]["reason"] == "gate"  # only demo material, never a failure
+    asyncio.run(backend.stop())
 
 
 def test_refusals_keep_the_served_version(backend, model_repo):
@@ -154,7 +198,7 @@ def test_refusals_keep_the_served_version(backend, model_repo):
     skew_before = rejections("skew")
 
     async def scenario():
-        await f.recover([record(signed(model_repo, MODEL, 1), 0)])
+        await f.recover([record(signed(model_repo, MODEL, 1, release=1), 0)])  # older than every case
         for offset, (value, _) in enumerate(cases, start=1):
             await f.handle(record(value, offset))
             assert served(backend) == 1

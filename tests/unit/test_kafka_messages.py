@@ -32,7 +32,8 @@ def reason_of(value: bytes, key: bytes = KEY, record_key: str | None = "breast-c
 
 def test_round_trip_keeps_card_bytes_holdout_and_header(artifact):
     card, onnx, holdout = artifact
-    value = messages.encode(card, onnx, holdout, KEY, published_at="2025-01-01T00:00:00Z", publisher="ci@test")
+    value = messages.encode(card, onnx, holdout, KEY, published_at="2025-01-01T00:00:00Z", publisher="ci@test",
+                            release=5)
     msg = messages.decode(value, KEY, record_key="breast-cancer")
     assert msg.onnx_bytes == onnx and msg.holdout_csv == holdout
     assert (msg.model_name, msg.model_version) == ("breast-cancer", 1)
@@ -45,7 +46,7 @@ def test_round_trip_keeps_card_bytes_holdout_and_header(artifact):
     assert value[:5] == b"SPMD\x02" and value.endswith(onnx + holdout)
     # Deterministic for the same inputs.
     assert value == messages.encode(card, onnx, holdout, KEY, published_at="2025-01-01T00:00:00Z",
-                                    publisher="ci@test")
+                                    publisher="ci@test", release=5)
     artifact = msg.artifact("models[0]@3")
     assert (artifact.card.version, artifact.holdout_csv, artifact.source) == (1, holdout, "models[0]@3")
 
@@ -142,9 +143,39 @@ def test_unknown_header_schema_is_refused(artifact):
     value = messages.encode(card, onnx, holdout, KEY)
     (hlen,) = struct.unpack_from(">I", value, 37)
     header = json.loads(value[41 : 41 + hlen])
-    header["schema"] = 3
+    header["schema"] = 4
     err = reason_of(resigned(header, onnx + holdout))
-    assert err.code == "malformed" and "schema 3" in err.message
+    assert err.code == "malformed" and "schema 4" in err.message
+
+
+def test_schema_2_without_a_release_is_refused_naming_why(artifact):
+    card, onnx, holdout = artifact
+    value = messages.encode(card, onnx, holdout, KEY)
+    (hlen,) = struct.unpack_from(">I", value, 37)
+    header = json.loads(value[41 : 41 + hlen])
+    header["schema"] = 2
+    del header["release"], header["rollback"]
+    err = reason_of(resigned(header, onnx + holdout))
+    assert err.code == "malformed" and "no release sequence" in err.message
+
+
+def test_release_and_rollback_are_signed_and_checked(artifact):
+    card, onnx, holdout = artifact
+    msg = messages.decode(messages.encode(card, onnx, holdout, KEY, release=7, rollback=True), KEY)
+    assert (msg.release, msg.rollback) == (7, True)
+    default = messages.decode(messages.encode(card, onnx, holdout, KEY), KEY)
+    assert default.release > 1_700_000_000_000_000 and default.rollback is False
+    value = messages.encode(card, onnx, holdout, KEY, release=7)
+    (hlen,) = struct.unpack_from(">I", value, 37)
+    header = json.loads(value[41 : 41 + hlen])
+    for bad in ({"release": -1}, {"release": "7"}, {"release": True}, {"rollback": "yes"}):
+        err = reason_of(resigned({**header, **bad}, onnx + holdout))
+        assert err.code == "malformed" and "release" in err.message, bad
+    # Raising the release without the key is a signature failure, not a newer release.
+    forged = bytearray(value)
+    at = bytes(forged).index(b'"release":7')
+    forged[at : at + 11] = b'"release":9'
+    assert reason_of(bytes(forged)).code == "signature"
 
 
 def test_sizes_that_do_not_add_up_are_malformed(artifact):
