@@ -1,17 +1,23 @@
 """Locust: KServe V2 / Open Inference Protocol REST (`POST /v2/models/{m}/versions/{v}/infer`).
 
-Works against anything speaking V2: the model server (`--host http://127.0.0.1:8501`), MLServer,
-the FastAPI baseline.
+Works against anything speaking V2: the model server (`--host http://127.0.0.1:8501`), the router
+of the routed patterns (`--unversioned`, and `--feedback reward|label` for A/B, bandit, canary),
+MLServer, the FastAPI baseline.
 
     .venv/bin/python -m locust -f loadtests/locust_kserve_v2.py --headless --host http://127.0.0.1:8501 \
         --model wine --model-version 2 --load-profile realtime
 
-`KServeV2User` is the abstract base (one request body per user, built once from the holdout set);
-`V2OneRow` and `V2Batch64` send 1-row and 64-row requests.
+`KServeV2User` is the abstract base: it sends the holdout rows in turn (one sample per request),
+checks the answer and counts its accuracy (and, behind the router, the variant that answered:
+`x-variant`). `V2OneRow` sends one row per request, `V2Batch` client-side batches of `--batch-rows`.
+With `--feedback`, each answer is followed by `POST /feedback` with its `x-request-id`: `reward`
+sends 1 when every row was right (else 0), `label` the true label(s). Each request carries a fresh
+`x-user-id`, so sticky splits (canary, A/B) spread requests, not just Locust's few users.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -21,44 +27,77 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 
 from locust import FastHttpUser, constant, task  # noqa: E402
 
-from loadtests.locust_support import model_from, profile_shape  # noqa: E402
+from loadtests.locust_support import QUALITY, Samples, model_from, option, profile_shape, rows_of  # noqa: E402
 from loadtests.payloads import check_v2_response, v2_infer_body, v2_infer_path  # noqa: E402
+
+_user_ids = itertools.count()
+
+
+def feedback_body(kind: str, request_id: str, truth: list[int], right: int) -> dict:
+    if kind == "reward":
+        return {"request_id": request_id, "reward": 1 if right == len(truth) else 0}
+    return {"request_id": request_id, "label": truth[0]} if len(truth) == 1 else {"request_id": request_id,
+                                                                                   "labels": truth}
 
 
 class KServeV2User(FastHttpUser):
     """Closed loop: each user sends its next request as soon as the previous one is answered."""
 
     abstract = True
-    rows = 1
+    batch = False
     wait_time = constant(0)
 
     def on_start(self) -> None:
-        model = model_from(self.environment)
-        self.path = v2_infer_path(model)
-        self.body = v2_infer_body(model, self.rows)
-        self.label = f"V2 infer {model.name}:{model.version} x{self.rows}"
+        env = self.environment
+        model = model_from(env)
+        self.rows = rows_of(env, self.batch)
+        self.ceiling = option(env, "ceiling", False)
+        self.feedback = option(env, "feedback", "none")
+        if option(env, "unversioned", False):
+            self.path = f"/v2/models/{model.name}/infer"
+        else:
+            self.path = v2_infer_path(model)
+        if self.ceiling:
+            self.path = "/ceiling"
+        self.samples = Samples(model, self.rows, v2_infer_body, start=id(self))
+        self.label = f"V2 infer {model.name}:{'*' if option(env, 'unversioned', False) else model.version} x{self.rows}"
 
     @task
     def infer(self) -> None:
-        with self.client.post(
-            self.path, data=self.body, headers={"Content-Type": "application/json"}, name=self.label,
-            catch_response=True,
-        ) as response:
+        body, truth = self.samples.next()
+        headers = {"Content-Type": "application/json", "x-user-id": f"u{next(_user_ids)}"}
+        with self.client.post(self.path, data=body, headers=headers, name=self.label,
+                              catch_response=True) as response:
+            if self.ceiling:
+                return  # the trivial endpoint: only the round trip counts
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
                 return
             try:
-                check_v2_response(response.content, self.rows)
+                predicted = check_v2_response(response.content, self.rows)
             except ValueError as exc:
                 response.failure(str(exc))
+                return
+            right = QUALITY.add(predicted, truth, response.headers.get("x-variant"))
+            request_id = response.headers.get("x-request-id")
+        if self.feedback != "none" and request_id:
+            with self.client.post("/feedback", json=feedback_body(self.feedback, request_id, truth, right),
+                                  name="POST /feedback", catch_response=True) as fb:
+                if fb.status_code == 200:
+                    QUALITY.feedback["sent"] += 1
+                else:  # 409/410 are the router's to explain; a refused feedback is a failure here
+                    QUALITY.feedback["refused"] += 1
+                    fb.failure(f"feedback HTTP {fb.status_code}: {(fb.text or '')[:200]}")
 
 
 class V2OneRow(KServeV2User):
-    rows = 1
+    batch = False
 
 
-class V2Batch64(KServeV2User):
-    rows = 64
+class V2Batch(KServeV2User):
+    """Client-side batches: --batch-rows rows per request (default 64)."""
+
+    batch = True
 
 
-Profile = profile_shape(one_row=V2OneRow, batch=V2Batch64)
+Profile = profile_shape(one_row=V2OneRow, batch=V2Batch)

@@ -9,6 +9,11 @@ event, so gRPC calls land in the same statistics as HTTP ones. grpcio runs under
 (`grpc.experimental.gevent.init_gevent()`), as Locust's users are greenlets. `--host` is
 `host:port` (a `grpc://` prefix is accepted). The messages are the model server's wire-compatible
 TF Serving protos, so no TensorFlow is needed.
+
+`TfsPredictUser` sends the holdout rows in turn and counts the accuracy of the answers; `TfsOneRow`
+sends one row per request, `TfsBatch` client-side batches of `--batch-rows`. Statistics entries are
+named `TFS Predict <model>:<version> x<rows>` (the interceptor's `label`). With `--ceiling` the same
+requests go to `loadtests/ceiling.py grpc`, which answers every call with an empty message.
 """
 
 from __future__ import annotations
@@ -26,18 +31,19 @@ import grpc.experimental.gevent as grpc_gevent  # noqa: E402
 from locust import User, constant, task  # noqa: E402
 from locust.exception import LocustError  # noqa: E402
 
-from loadtests.locust_support import model_from, profile_shape  # noqa: E402
-from loadtests.payloads import tfs_predict_request  # noqa: E402
+from loadtests.locust_support import QUALITY, Samples, model_from, option, profile_shape, rows_of  # noqa: E402
+from loadtests.payloads import tfs_labels, tfs_predict_request  # noqa: E402
 from services.protocols.tfs import prediction_service_pb2_grpc  # noqa: E402
 
 grpc_gevent.init_gevent()
 
 
 class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
-    """Times each unary call and reports it to Locust as a `grpc` request."""
+    """Times each unary call and reports it to Locust as a `grpc` request named `label` (default: the method)."""
 
-    def __init__(self, environment) -> None:
+    def __init__(self, environment, label: str | None = None) -> None:
         self.environment = environment
+        self.label = label
 
     def intercept_unary_unary(self, continuation, client_call_details, request):
         started = time.perf_counter()
@@ -49,7 +55,7 @@ class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
             exception = exc
         self.environment.events.request.fire(
             request_type="grpc",
-            name=client_call_details.method,
+            name=self.label or client_call_details.method,
             response_time=(time.perf_counter() - started) * 1000,
             response_length=length,
             response=response,
@@ -72,7 +78,8 @@ class GrpcUser(User):
         if self.stub_class is None:
             raise LocustError(f"{type(self).__name__} sets no stub_class")
         target = self.host.removeprefix("grpc://").removeprefix("http://").rstrip("/")
-        self._channel = grpc.intercept_channel(grpc.insecure_channel(target), LocustInterceptor(environment))
+        self.interceptor = LocustInterceptor(environment)
+        self._channel = grpc.intercept_channel(grpc.insecure_channel(target), self.interceptor)
         self.stub = self.stub_class(self._channel)
 
     def on_stop(self) -> None:
@@ -82,27 +89,43 @@ class GrpcUser(User):
 class TfsPredictUser(GrpcUser):
     abstract = True
     stub_class = prediction_service_pb2_grpc.PredictionServiceStub
-    rows = 1
+    batch = False
     wait_time = constant(0)
     timeout_s = 10.0
 
     def on_start(self) -> None:
-        self.request = tfs_predict_request(model_from(self.environment), self.rows)
+        model = model_from(self.environment)
+        self.rows = rows_of(self.environment, self.batch)
+        self.ceiling = option(self.environment, "ceiling", False)
+        self.samples = Samples(model, self.rows, tfs_predict_request, start=id(self))
+        self.interceptor.label = f"TFS Predict {model.name}:{model.version} x{self.rows}"
 
     @task
     def predict(self) -> None:
+        request, truth = self.samples.next()
         try:
-            self.stub.Predict(self.request, timeout=self.timeout_s)
+            response = self.stub.Predict(request, timeout=self.timeout_s)
         except grpc.RpcError:
-            pass  # already reported as a failure by the interceptor
+            return  # already reported as a failure by the interceptor
+        if self.ceiling:
+            return
+        try:
+            QUALITY.add(tfs_labels(response, self.rows), truth)
+        except ValueError as exc:
+            # The interceptor counted the call; an answer without the right labels is a failure too.
+            self.environment.events.request.fire(request_type="grpc", name=f"{self.interceptor.label} (bad answer)",
+                                                 response_time=0, response_length=0, response=response,
+                                                 context=None, exception=exc)
 
 
 class TfsOneRow(TfsPredictUser):
-    rows = 1
+    batch = False
 
 
-class TfsBatch64(TfsPredictUser):
-    rows = 64
+class TfsBatch(TfsPredictUser):
+    """Client-side batches: --batch-rows rows per request (default 64)."""
+
+    batch = True
 
 
-Profile = profile_shape(one_row=TfsOneRow, batch=TfsBatch64)
+Profile = profile_shape(one_row=TfsOneRow, batch=TfsBatch)

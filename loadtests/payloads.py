@@ -51,17 +51,39 @@ def holdout_rows(name: str, version: int, repository: Path = DEFAULT_REPOSITORY)
     return header[:-1], rows
 
 
-def rows_for(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSITORY) -> list[list[float]]:
+@cache
+def holdout_labels(name: str, version: int, repository: Path = DEFAULT_REPOSITORY) -> list[int]:
+    """The true class of every holdout row (the CSV's last column), in row order."""
+    path = repository / name / str(version) / "holdout.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make models`")
+    with path.open() as f:
+        reader = csv.reader(f)
+        next(reader)
+        return [int(float(r[-1])) for r in reader]
+
+
+def labels_for(model: ModelRef, n: int, offset: int = 0, repository: Path = DEFAULT_REPOSITORY) -> list[int]:
+    """True labels of the n rows starting at holdout row `offset` (cycling), as `rows_for` sends them."""
+    labels = holdout_labels(model.name, model.version, repository)
+    return [labels[(offset + i) % len(labels)] for i in range(n)]
+
+
+def rows_for(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSITORY, offset: int = 0) -> list[list[float]]:
     _, rows = holdout_rows(model.name, model.version, repository)
-    return [rows[i % len(rows)] for i in range(n)]
+    return [rows[(offset + i) % len(rows)] for i in range(n)]
+
+
+def holdout_size(model: ModelRef, repository: Path = DEFAULT_REPOSITORY) -> int:
+    return len(holdout_labels(model.name, model.version, repository))
 
 
 def v2_infer_path(model: ModelRef) -> str:
     return f"/v2/models/{model.name}/versions/{model.version}/infer"
 
 
-def v2_infer_body(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSITORY) -> bytes:
-    rows = rows_for(model, n, repository)
+def v2_infer_body(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSITORY, offset: int = 0) -> bytes:
+    rows = rows_for(model, n, repository, offset)
     tensor = {
         "name": "input",
         "shape": [n, len(rows[0])],
@@ -71,19 +93,24 @@ def v2_infer_body(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSITORY
     return json.dumps({"inputs": [tensor]}, separators=(",", ":")).encode()
 
 
-def app_predict_body(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSITORY) -> bytes:
-    return json.dumps({"instances": rows_for(model, n, repository)}, separators=(",", ":")).encode()
+def app_predict_body(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSITORY, offset: int = 0) -> bytes:
+    return json.dumps({"instances": rows_for(model, n, repository, offset)}, separators=(",", ":")).encode()
+
+
+def instances_json(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSITORY, offset: int = 0) -> bytes:
+    """The `instances` array of a stream-scoring request record (rows in contract order), as JSON."""
+    return json.dumps(rows_for(model, n, repository, offset), separators=(",", ":")).encode()
 
 
 TFS_PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 
 
-def tfs_predict_request(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSITORY):
+def tfs_predict_request(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSITORY, offset: int = 0):
     """A TF Serving PredictRequest message (our wire-compatible protos; no TensorFlow)."""
     from services.protocols.tfs import predict_pb2
     from services.protocols.tfs.tensors import from_numpy
 
-    x = np.asarray(rows_for(model, n, repository), dtype=np.float32)
+    x = np.asarray(rows_for(model, n, repository, offset), dtype=np.float32)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model.name
     request.model_spec.version.value = model.version
@@ -105,19 +132,35 @@ def oip_infer_request(model: ModelRef, n: int, repository: Path = DEFAULT_REPOSI
     return request
 
 
-def check_v2_response(body: bytes, rows: int) -> None:
-    """Raise ValueError unless a KServe V2 response carries `rows` labels."""
+def check_v2_response(body: bytes, rows: int) -> list[int]:
+    """The predicted labels of a KServe V2 response; ValueError unless it carries `rows` of them."""
     data = json.loads(body)
     outputs = {o["name"]: o for o in data.get("outputs", [])}
     label = outputs.get("label")
-    if label is None or label["shape"][0] != rows:
+    if label is None or label["shape"][0] != rows or len(label.get("data", [])) != rows:
         raise ValueError(f"V2 response without {rows} labels: {body[:200]!r}")
+    return [int(v) for v in label["data"]]
 
 
-def check_app_response(body: bytes, rows: int) -> None:
+def check_app_response(body: bytes, rows: int) -> list[int]:
+    """The predicted labels of a /predict response; ValueError unless it carries `rows` of them."""
     data = json.loads(body)
-    if len(data.get("labels", [])) != rows:
+    labels = data.get("labels", [])
+    if len(labels) != rows:
         raise ValueError(f"/predict response without {rows} labels: {body[:200]!r}")
+    return [int(v) for v in labels]
+
+
+def tfs_labels(response, rows: int) -> list[int]:
+    """The predicted labels of a PredictResponse message; ValueError unless it carries `rows` of them."""
+    from services.protocols.tfs.tensors import to_numpy
+
+    if "label" not in response.outputs:
+        raise ValueError(f"PredictResponse without labels: outputs {sorted(response.outputs)}")
+    labels = to_numpy(response.outputs["label"]).reshape(-1)
+    if labels.shape[0] != rows:
+        raise ValueError(f"PredictResponse with {labels.shape[0]} labels for {rows} rows")
+    return [int(v) for v in labels]
 
 
 def check_tfs_response(raw: bytes, rows: int) -> None:
