@@ -322,7 +322,7 @@ def test_restart_recovers_the_latest_accepted_model_and_rollback(kafka_bootstrap
     assert ready_version(url) == 2  # ready only once recovered, and with the latest accepted version
     app.stop()
 
-    publish(bootstrap, topics, key, 1)  # the rollback, published while the app is down
+    publish(bootstrap, topics, key, 1, rollback=True)  # the rollback, published while the app is down
     port2 = free_port()
     url2 = f"http://127.0.0.1:{port2}"
     start_service(app_process(port2, bootstrap, topics, key))
@@ -331,6 +331,49 @@ def test_restart_recovers_the_latest_accepted_model_and_rollback(kafka_bootstrap
     swapped = [(e["model_version"], e["from_version"]) for e in events if e["event"] == "swapped"]
     assert swapped == [(2, None), (1, None)]
     assert any(e["event"] == "rejected" and e["reason"] == "signature" and e["model_version"] == 3 for e in events)
+
+
+def test_a_resent_old_record_is_refused_and_only_a_signed_rollback_rolls_back(kafka_bootstrap_servers,
+                                                                              start_service, topics, key, holdout,
+                                                                              ort_outputs):
+    """Issue #11: re-sending the bytes of an older record (no key needed) rolled the app back. Now
+    the release sequence inside the signed header is checked: the replay is refused and counted, v2
+    keeps serving under traffic; a new signed rollback publication is taken; a gate-failed v3 is
+    refused (the app does not take demo material by default)."""
+    bootstrap = kafka_bootstrap_servers
+    first = publish(bootstrap, topics, key, 1)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    start_service(app_process(port, bootstrap, topics, key))
+    second = publish(bootstrap, topics, key, 2)
+    wait_for_version(url, 2)
+    on_topic = {r.offset: r.value for r in read_topic(bootstrap, topics.models,
+                                                      until=lambda rs: len(rs) >= 2)}
+    old_bytes = on_topic[first.offset]
+    with Traffic(url, holdout[1], threads=1) as traffic:
+        replayed = send_raw(bootstrap, topics, old_bytes)  # what an attacker with topic access can do
+        gate_failed = publish(bootstrap, topics, key, 3).offset
+        events = events_until(bootstrap, topics, lambda es: sum(e["event"] == "rejected" for e in es) >= 2)
+        traffic.wait(lambda: traffic.count() >= 100)
+    rejected = {e["source"]["offset"]: (e["reason"], e["model_version"]) for e in events if e["event"] == "rejected"}
+    assert rejected == {replayed: ("replay", 1), gate_failed: ("gate", 3)}
+    check_answers(traffic, ort_outputs)
+    assert {v for _, _, v, _ in traffic.answers} == {2} and ready_version(url) == 2
+    metrics = httpx.get(f"{url}/metrics").text
+    assert f'model_rejections_total{{model_name="{MODEL}",model_version="1",reason="replay"}} 1.0' in metrics
+    assert f'model_rejections_total{{model_name="{MODEL}",model_version="3",reason="gate"}} 1.0' in metrics
+
+    rollback = publish(bootstrap, topics, key, 1, rollback=True)
+    assert rollback.rollback and rollback.release > first.release
+    wait_for_version(url, 1)
+    replayed_v2 = send_raw(bootstrap, topics, on_topic[second.offset])
+    events_until(bootstrap, topics, lambda es: any(e["source"]["offset"] == replayed_v2 and e["reason"] == "replay"
+                                                   for e in es if e["event"] == "rejected"))
+    assert ready_version(url) == 1
+    # A restarted app reads the whole topic (the replayed v2 last by offset) and serves the newest release: v1.
+    port2 = free_port()
+    start_service(app_process(port2, bootstrap, topics, key))
+    assert ready_version(f"http://127.0.0.1:{port2}") == 1
 
 
 def test_app_keeps_serving_through_a_broker_outage_and_takes_later_versions(kafka_broker, start_service, topics, key,
