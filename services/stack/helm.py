@@ -155,7 +155,9 @@ CHART_MANAGED = {
     "services.router": _COMMON | {"routing_config", "grpc_port", "admin_token", "admin_token_file",
                                   "admin_writes_config", "state_file"},
     "services.kafka.scoring": _COMMON | _MODEL | {"bootstrap_servers", "signing_key_file"},
-    "services.supervisor": _COMMON | {"router_url", "admin_token", "admin_token_file", "rollout_spec", "state_file"},
+    "services.supervisor": _COMMON | {"router_url", "admin_token", "admin_token_file", "rollout_spec", "state_file",
+                                      "actuator", "routing_configmap", "routing_configmap_namespace",
+                                      "routing_configmap_key", "kubeconfig"},
 }
 PATTERNS = ["embedded", "model-as-service", "model-as-data", "stream-scoring", "shadow", "canary", "ab-test", "bandit"]
 #: The pattern whose app is which service (the `app` values block).
@@ -404,6 +406,7 @@ def values_schema() -> dict:
                 "autoscaling": autoscaling}),
             "scoring": block("services.kafka.scoring", {"port": port}, "More SCORING_ settings by field name."),
             "supervisor": _strict({"enabled": {"type": "boolean"}, "port": port, "resources": resources,
+                                   "actuator": {"enum": ["router-api", "configmap"]},
                                    "settings": _strict(settable_settings("services.supervisor"), required=[],
                                                        description="More SUPERVISOR_ settings by field name.")}),
             "publisher": _strict({"allowFailedGate": {"type": "boolean"},

@@ -6,6 +6,9 @@
 :func:`routing_for` is the pure part: the routing config an action asks for, derived from the
 config in force (only the policy's weights, and on promotion the fallback, change; every other
 key is kept as it is). :class:`RouterAdmin` is the HTTP part, :func:`apply_action` joins them.
+Any :class:`RoutingStore` can be written: the router's admin API here, or the router's routing
+ConfigMap through the Kubernetes API server (``kube.ConfigMapRouting``: the resourceVersion is the
+If-Match, a 409 the 412).
 
 **Concurrent edits.** The supervisor writes with ``If-Match: <the version it last accepted>``:
 the version it read on its first check, wrote itself, or saw in a recorded conflict. A human who
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 
@@ -41,7 +44,8 @@ class RouterUnavailable(Exception):
 class Routing:
     """The routing config in force and its version."""
 
-    version: int
+    version: int | str
+    """The router's config version, or a ConfigMap's resourceVersion (opaque, compared for equality)."""
     config: dict[str, Any]
 
     def weights(self) -> dict[str, float] | None:
@@ -56,20 +60,45 @@ class Routing:
         return v.get("version")
 
 
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What a store answered to a conditional write."""
+
+    status: Literal["applied", "conflict", "error"]
+    detail: str
+    routing: Routing | None = None
+    """The routing written (applied)."""
+
+
+class RoutingStore(Protocol):
+    """Where the routing lives: read it with its version, write it only over that version."""
+
+    where: str
+    """For messages: "PUT /admin/routing", "ConfigMap ns/name"."""
+
+    async def read(self) -> Routing:
+        """The routing in force; raises RouterUnavailable."""
+
+    async def put(self, config: dict[str, Any], if_match: int | str) -> WriteOutcome:
+        """Write `config` unless the version moved on since `if_match`; raises RouterUnavailable."""
+
+
 @dataclass
 class ApplyResult:
     """What became of an action: recorded beside the decision (``apply`` in the record)."""
 
     status: ApplyStatus
     detail: str
-    if_match: int | None = None
-    version_before: int | None = None
-    version_after: int | None = None
+    if_match: int | str | None = None
+    version_before: int | str | None = None
+    version_after: int | str | None = None
     weights_wanted: dict[str, float] | None = None
     weights_in_force: dict[str, float] | None = None
     conflict: dict[str, Any] | None = field(default=None)
     routing_after: Routing | None = field(default=None, repr=False)
     """The routing the supervisor knows after this: written, or re-read on a conflict."""
+    router_push: dict[str, Any] | None = None
+    """Kubernetes mode: what became of pushing the ConfigMap's new routing to the router at once."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +106,7 @@ class ApplyResult:
             "version_before": self.version_before, "version_after": self.version_after,
             "weights_wanted": self.weights_wanted, "weights_in_force": self.weights_in_force,
             "conflict": self.conflict,
+            **({"router_push": self.router_push} if self.router_push is not None else {}),
         }
 
 
@@ -119,6 +149,8 @@ def routing_for(action: Action, spec: RolloutSpec, current: dict[str, Any]) -> d
 class RouterAdmin:
     """The router's admin API over HTTP (bearer token, versions, If-Match)."""
 
+    where = "PUT /admin/routing"
+
     def __init__(self, client: httpx.AsyncClient, token: Any) -> None:
         """`token` is a callable returning the token in force (re-read per call) or None."""
         self._client = client
@@ -138,12 +170,22 @@ class RouterAdmin:
         body = r.json()
         return Routing(int(body["version"]), body["config"])
 
-    async def write(self, config: dict[str, Any], if_match: int) -> httpx.Response:
+    async def write(self, config: dict[str, Any], if_match: int | str) -> httpx.Response:
         try:
             return await self._client.put("/admin/routing", json=config,
                                           headers={**self._headers(), "If-Match": str(if_match)})
         except httpx.HTTPError as exc:
             raise RouterUnavailable(f"PUT /admin/routing failed: {exc!r}") from exc
+
+    async def put(self, config: dict[str, Any], if_match: int | str) -> WriteOutcome:
+        r = await self.write(config, if_match)
+        if r.status_code == 200:
+            body = r.json()
+            return WriteOutcome("applied", f"routing version {if_match} -> {body['version']}",
+                                Routing(int(body["version"]), body.get("config") or config))
+        if r.status_code == 412:
+            return WriteOutcome("conflict", f"412: {_error_text(r)}")
+        return WriteOutcome("error", f"PUT /admin/routing answered {r.status_code}: {_error_text(r)}")
 
 
 def _error_text(r: httpx.Response) -> str:
@@ -153,9 +195,9 @@ def _error_text(r: httpx.Response) -> str:
         return r.text[:300]
 
 
-async def apply_action(admin: RouterAdmin, action: Action, spec: RolloutSpec, known: Routing) -> ApplyResult:
+async def apply_action(admin: RoutingStore, action: Action, spec: RolloutSpec, known: Routing) -> ApplyResult:
     """Apply `action` over `known` (the routing the supervisor last accepted; its version is the
-    If-Match). Never raises for the router's answers: the result says what happened."""
+    If-Match). Never raises for the store's answers: the result says what happened."""
     wanted = routing_for(action, spec, known.config)
     weights_wanted = dict(action.weights) if action.weights is not None else None
     if action.kind not in WRITES or action.weights is None:
@@ -165,35 +207,35 @@ async def apply_action(admin: RouterAdmin, action: Action, spec: RolloutSpec, kn
                            if_match=known.version, version_before=known.version, version_after=known.version,
                            weights_wanted=weights_wanted, weights_in_force=known.weights())
     try:
-        r = await admin.write(wanted, known.version)
+        out = await admin.put(wanted, known.version)
     except RouterUnavailable as exc:
         return ApplyResult("error", str(exc), if_match=known.version, version_before=known.version,
                            weights_wanted=weights_wanted)
-    if r.status_code == 200:
-        body = r.json()
-        return ApplyResult("applied", f"routing version {known.version} -> {body['version']}",
-                           if_match=known.version, version_before=known.version, version_after=int(body["version"]),
+    if out.status == "applied" and out.routing is not None:
+        return ApplyResult("applied", out.detail,
+                           if_match=known.version, version_before=known.version, version_after=out.routing.version,
                            weights_wanted=weights_wanted, weights_in_force=weights_wanted,
-                           routing_after=Routing(int(body["version"]), body.get("config") or wanted))
-    if r.status_code == 412:
+                           routing_after=out.routing)
+    if out.status == "conflict":
+        code = out.detail.split(":", 1)[0]
         try:
             now = await admin.read()
         except RouterUnavailable as exc:
-            return ApplyResult("conflict", f"412: the routing changed since version {known.version}; re-reading it "
-                               f"failed: {exc}", if_match=known.version, version_before=known.version,
+            return ApplyResult("conflict", f"{code}: the routing changed since version {known.version}; re-reading "
+                               f"it failed: {exc}", if_match=known.version, version_before=known.version,
                                weights_wanted=weights_wanted,
                                conflict={"expected_version": known.version, "version_in_force": None})
         return ApplyResult(
             "conflict",
-            f"412: someone changed the routing since version {known.version} (now version {now.version}, weights "
-            f"{now.weights()}); not overwritten — holding and re-reading; the next action builds on version "
-            f"{now.version}",
+            f"{code}: someone changed the routing since version {known.version} (now version {now.version}, "
+            f"weights {now.weights()}); not overwritten — holding and re-reading; the next action builds on "
+            f"version {now.version}",
             if_match=known.version, version_before=known.version, version_after=now.version,
             weights_wanted=weights_wanted, weights_in_force=now.weights(),
             conflict={"expected_version": known.version, "version_in_force": now.version,
                       "weights_expected": known.weights(), "weights_in_force": now.weights(),
-                      "config_in_force": now.config},
+                      "config_in_force": now.config, "where": admin.where},
             routing_after=now,
         )
-    return ApplyResult("error", f"PUT /admin/routing answered {r.status_code}: {_error_text(r)}",
-                       if_match=known.version, version_before=known.version, weights_wanted=weights_wanted)
+    return ApplyResult("error", out.detail, if_match=known.version, version_before=known.version,
+                       weights_wanted=weights_wanted)

@@ -36,7 +36,7 @@ import httpx
 import orjson
 
 from . import metrics, scrape
-from .actions import WRITES, ApplyResult, RouterAdmin, RouterUnavailable, Routing, apply_action
+from .actions import WRITES, ApplyResult, RouterAdmin, RouterUnavailable, Routing, RoutingStore, apply_action
 from .analysis import INITIAL_MODE, candidate_weight, evaluate, resume
 from .decisions import Action, Decision, RolloutState
 from .rules import Evidence, json_safe
@@ -134,6 +134,8 @@ class Supervisor:
         self.resumed = False
         self._client: httpx.AsyncClient | None = None
         self._prometheus: httpx.AsyncClient | None = None
+        self._store: RoutingStore | None = None
+        """Kubernetes mode: the routing ConfigMap (None: the router's admin API is the store)."""
         self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
@@ -156,7 +158,7 @@ class Supervisor:
                 return
             self.state = RolloutState.from_dict(raw["state"]) if raw.get("state") else None
             known = raw.get("known_routing")
-            self.known = Routing(int(known["version"]), known["config"]) if known else None
+            self.known = Routing(known["version"], known["config"]) if known else None
             self.decisions.extend(raw.get("decisions") or [])
             self.resumed = self.state is not None
         except Exception as exc:
@@ -197,6 +199,17 @@ class Supervisor:
         self._client = httpx.AsyncClient(base_url=self.settings.router_url.rstrip("/"), timeout=timeout)
         if self.settings.prometheus_url:
             self._prometheus = httpx.AsyncClient(base_url=self.settings.prometheus_url.rstrip("/"), timeout=timeout)
+        if self.settings.actuator == "configmap":
+            from . import kube
+
+            namespace = self.settings.routing_configmap_namespace or kube.in_cluster_namespace()
+            if namespace is None:
+                raise RuntimeError("actuator 'configmap': no namespace (set SUPERVISOR_ROUTING_CONFIGMAP_NAMESPACE "
+                                   "outside a pod)")
+            api = kube.api_client(self.settings.kubeconfig)
+            assert self.settings.routing_configmap is not None  # the settings validator requires it
+            self._store = kube.ConfigMapRouting(api, namespace, self.settings.routing_configmap,
+                                                self.settings.routing_configmap_key, self.settings.request_timeout_s)
         if self.emitter is not None:
             self.emitter.start()
         self.load()
@@ -283,7 +296,8 @@ class Supervisor:
 
     async def _check(self) -> dict[str, Any] | None:
         assert self._client is not None
-        admin = RouterAdmin(self._client, self.settings.token)
+        router = RouterAdmin(self._client, self.settings.token)
+        admin: RoutingStore = self._store or router
         now = self.clock()
         self.last_check_at = now
         rollout = self.spec.name
@@ -344,6 +358,10 @@ class Supervisor:
                 applied = ApplyResult("error", f"not written: the router is unavailable — {problem}")
             else:
                 applied = await apply_action(admin, action, self.spec, self.known)
+                if self._store is not None and applied.status == "applied" and applied.routing_after is not None:
+                    from .kube import push_to_router
+
+                    applied.router_push = await push_to_router(router, applied.routing_after.config)
         else:
             applied = ApplyResult("not_needed", f"{action.kind}: nothing to write",
                                   weights_in_force=routing.weights() if routing else None)
@@ -446,6 +464,8 @@ class Supervisor:
             "interval_s": spec.interval_s,
             "bake_s": spec.bake_s,
             "router": self.settings.router_url,
+            "actuator": self.settings.actuator,
+            "routing_store": self._store.where if self._store is not None else "PUT /admin/routing",
             "router_error": self.router_error,
             "phase": state.phase if state else "not_started",
             "mode": state.mode if state else None,

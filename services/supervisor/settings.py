@@ -8,9 +8,9 @@ to keep state, where to publish decisions.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.core.settings import ServiceSettings, settings_config
 
@@ -50,16 +50,38 @@ class SupervisorSettings(ServiceSettings):
     `decisions_topic`, keyed by the rollout name."""
     decisions_topic: str = DECISIONS_TOPIC
     """Kafka topic of the decision records."""
+    actuator: Literal["router-api", "configmap"] = "router-api"
+    """Where decisions are written. router-api: the router's `PUT /admin/routing` with If-Match.
+    configmap: the router's routing ConfigMap through the Kubernetes API server (resourceVersion
+    as If-Match; survives router restarts), then the same config pushed through the router's admin
+    API so the replica behind the Service applies it at once (the others at the kubelet's sync)."""
+    routing_configmap: str | None = None
+    """configmap actuator: name of the router's routing ConfigMap. Required with it."""
+    routing_configmap_namespace: str | None = None
+    """configmap actuator: its namespace; empty = the pod's own namespace."""
+    routing_configmap_key: str = "routing.yaml"
+    """configmap actuator: the key holding the routing YAML."""
+    kubeconfig: Path | None = None
+    """configmap actuator: a kubeconfig file (outside a cluster); empty = the pod's ServiceAccount
+    (in-cluster config)."""
     prometheus_url: str | None = None
     """Base URL of a Prometheus server scraping the router. When set, the router's series are
     read through its HTTP API (`/api/v1/query`, summed over router instances) instead of
     scraping the router's `/metrics`; the routing config is still read from the router."""
 
     @field_validator("admin_token", "admin_token_file", "state_file", "kafka_bootstrap_servers",
-                     "prometheus_url", "interval_s", mode="before")
+                     "prometheus_url", "interval_s", "routing_configmap",
+                     "routing_configmap_namespace", "kubeconfig", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _configmap_named(self) -> SupervisorSettings:
+        if self.actuator == "configmap" and not self.routing_configmap:
+            raise ValueError("actuator 'configmap' needs routing_configmap (SUPERVISOR_ROUTING_CONFIGMAP), the name "
+                             "of the router's routing ConfigMap")
+        return self
 
     def token(self) -> str | None:
         """The admin token in force (the file is re-read on every call)."""

@@ -17,7 +17,7 @@ import yaml
 
 from services.stack.paths import REPO_ROOT
 from services.supervisor.spec import parse_spec
-from tests.chart.helpers import CHART, PATTERNS, by_kind, containers, module_of, named, render
+from tests.chart.helpers import CHART, PATTERNS, by_kind, containers, module_of, named, pod_spec, render
 
 SUPERVISOR = "sp-serving-patterns-supervisor"
 ROLLOUT_SOURCE = REPO_ROOT / "patterns" / "canary" / "rollout.yaml"
@@ -108,3 +108,38 @@ def test_the_grafana_dashboard_configmap():
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["serving-patterns.json"]) == json.loads(DASHBOARD_SOURCE.read_text())
     yaml.safe_dump(cm)  # plain data
+
+
+def test_router_api_mode_gives_no_pod_a_token_and_renders_no_rbac():
+    docs = render("canary")
+    dep, c = supervisor_container(docs)
+    assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
+    assert {v["name"]: v["value"] for v in c["env"]}["SUPERVISOR_ACTUATOR"] == "router-api"
+
+
+def test_configmap_mode_role_allows_only_writing_the_routing_configmap():
+    docs = render("canary", "supervisor.actuator=configmap")
+    dep, c = supervisor_container(docs)
+    pod = dep["spec"]["template"]["spec"]
+    assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == (SUPERVISOR, True)
+    env = {v["name"]: v["value"] for v in c["env"]}
+    assert env["SUPERVISOR_ACTUATOR"] == "configmap"
+    assert env["SUPERVISOR_ROUTING_CONFIGMAP"] == "sp-serving-patterns-routing"
+    assert env["SUPERVISOR_ROUTING_CONFIGMAP_NAMESPACE"] == "serving"
+    routing = named(docs, "ConfigMap", "sp-serving-patterns-routing")
+    assert "routing.yaml" in routing["data"]
+    # Only the supervisor runs as that ServiceAccount, and only it gets a token.
+    for d, _ in containers(docs):
+        spec = pod_spec(d)
+        if d is not dep:
+            assert spec.get("serviceAccountName") != SUPERVISOR and spec.get("automountServiceAccountToken") is False
+    (role,) = by_kind(docs, "Role")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                              "resourceNames": ["sp-serving-patterns-routing"], "verbs": ["get", "patch", "update"]}]
+    (binding,) = by_kind(docs, "RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SUPERVISOR, "namespace": "serving"}]
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    assert named(docs, "ServiceAccount", SUPERVISOR)["automountServiceAccountToken"] is False

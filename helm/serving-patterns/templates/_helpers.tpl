@@ -121,6 +121,16 @@ affinity:
 
 {{/* The model supervisor runs with the canary pattern behind the project's router (it writes the
 router's PUT /admin/routing), when supervisor.enabled. */}}
+{{/* The supervisor writes the routing ConfigMap through the API server (supervisor.actuator: configmap):
+it then runs as its own ServiceAccount (templates/serviceaccount.yaml, supervisor-rbac.yaml). */}}
+{{- define "sp.supervisorWritesConfigMap" -}}
+{{- if and (include "sp.supervised" .) (eq .Values.supervisor.actuator "configmap") }}true{{ end -}}
+{{- end -}}
+
+{{- define "sp.supervisorServiceAccountName" -}}
+{{- include "sp.resourceName" (list . "supervisor") -}}
+{{- end -}}
+
 {{- define "sp.supervised" -}}
 {{- if and (eq .Values.pattern "canary") (eq .Values.routing.provider "router") .Values.supervisor.enabled }}true{{ end -}}
 {{- end -}}
@@ -333,6 +343,11 @@ workloads:
 {{- $_ := set $s "admin_token_file" (printf "%s/%s" (include "sp.adminTokenDir" $root) $v.router.adminToken.key) -}}
 {{- $_ := set $s "rollout_spec" (printf "%s/rollout.yaml" (include "sp.rolloutDir" $root)) -}}
 {{- $_ := set $s "state_file" (printf "%s/supervisor-state.json" (include "sp.stateDir" $root)) -}}
+{{- $_ := set $s "actuator" $v.supervisor.actuator -}}
+{{- if eq $v.supervisor.actuator "configmap" -}}
+{{- $_ := set $s "routing_configmap" (include "sp.resourceName" (list $root "routing")) -}}
+{{- $_ := set $s "routing_configmap_namespace" $root.Release.Namespace -}}
+{{- end -}}
 {{- end -}}
 {{- toJson $s -}}
 {{- end -}}
