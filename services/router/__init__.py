@@ -13,6 +13,8 @@ state leave to the side. One module per concern:
     dispatch.py        the one inference path for every protocol: decide, call, fail over, settle
     ejection.py        consecutive-failure outlier ejection
     feedback.py        answered requests awaiting feedback, and applying POST /feedback (every policy)
+    tokens.py          signed request ids (feedback tokens) any replica verifies
+    feedback_log.py    the feedback topic on Kafka: replicas share rewards, each applied once
     quality.py         per-variant quality: predicted labels, accuracy and rewards from feedback
     shadow.py          the shadow mirror: bounded queue, workers, answer comparison
     upstream.py        the lean HTTP/1.1 client with keep-alive pools (REST variants)

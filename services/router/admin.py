@@ -1,10 +1,12 @@
 """The router's operator API: feedback, reports, and the bearer-token-protected routing config.
 
     POST /feedback                 {"request_id" | "key", "label" | "labels" and/or "reward" | "outcome"},
-                                   under every policy (services.router.feedback)
+                                   under every policy (services.router.feedback); bearer token when
+                                   ROUTER_FEEDBACK_TOKEN(_FILE) is set (the admin token works too)
     GET  /quality                  per-variant accuracy, mean reward, predicted labels (services.router.quality)
     GET  /experiments/{name}       the policy's report (A/B: counts, rates, verdict; others: their state)
-    GET  /policy  (alias /bandit)  policy state, pending feedback per variant, per-variant health
+    GET  /policy  (alias /bandit)  policy state, pending feedback per variant, per-variant health;
+                                   variants' upstream addresses only with the admin token
     GET  /shadow/summary           shadow comparison (REST and gRPC mirrors alike)
     GET  /admin/routing            the config in force with its version (ETag)        bearer token
     PUT  /admin/routing            replace it (YAML or JSON; If-Match: <version>)       bearer token
@@ -31,24 +33,57 @@ from services.router import metrics
 from services.router.control import Control
 from services.router.dispatch import Dispatcher
 from services.router.errors import Forbidden
-from services.router.feedback import apply_feedback
+from services.router.feedback import apply_feedback, prepare_feedback
+from services.router.feedback_log import FeedbackLog
 from services.router.settings import RouterSettings
 
 log = logging.getLogger("services.router")
 
 
 def admin_token(settings: RouterSettings) -> str | None:
-    if settings.admin_token is not None and settings.admin_token.get_secret_value():
-        return settings.admin_token.get_secret_value()
-    if settings.admin_token_file is not None:
+    return _token(settings.admin_token, settings.admin_token_file, "admin")
+
+
+def feedback_token(settings: RouterSettings) -> str | None:
+    return _token(settings.feedback_token, settings.feedback_token_file, "feedback")
+
+
+def _token(value: Any, path: Path | None, what: str) -> str | None:
+    if value is not None and value.get_secret_value():
+        return value.get_secret_value()
+    if path is not None:
         try:
-            token = Path(settings.admin_token_file).read_text().strip()
+            token = Path(path).read_text().strip()
         except OSError as exc:
-            log.error("admin token file unreadable; admin API disabled",
-                      extra={"path": str(settings.admin_token_file), "error": str(exc)})
+            log.error(f"{what} token file unreadable", extra={"path": str(path), "error": str(exc)})
             return None
         return token or None
     return None
+
+
+def _bearer(authorization: str | None) -> str | None:
+    scheme, _, presented = (authorization or "").partition(" ")
+    return presented.strip() or None if scheme.lower() == "bearer" else None
+
+
+def is_admin(settings: RouterSettings, authorization: str | None) -> bool:
+    token, presented = admin_token(settings), _bearer(authorization)
+    return token is not None and presented is not None and hmac.compare_digest(presented.encode(), token.encode())
+
+
+def check_feedback_auth(settings: RouterSettings, authorization: str | None) -> None:
+    """With a feedback token configured, Unauthorized unless `authorization` carries it (or the admin token)."""
+    if settings.feedback_token is None and settings.feedback_token_file is None:
+        return
+    token, presented = feedback_token(settings), _bearer(authorization)
+    if token is None:  # configured but unreadable: closed, not open
+        raise Unauthorized("feedback needs a bearer token, and the router's feedback token file is unreadable",
+                           field="Authorization")
+    if presented is None:
+        raise Unauthorized("feedback needs an 'Authorization: Bearer <feedback token>' header",
+                           field="Authorization")
+    if not hmac.compare_digest(presented.encode(), token.encode()) and not is_admin(settings, authorization):
+        raise Unauthorized("invalid feedback token", field="Authorization")
 
 
 def check_admin(settings: RouterSettings, authorization: str | None) -> None:
@@ -81,11 +116,13 @@ def experiment(dispatcher: Dispatcher, name: str) -> dict[str, Any]:
     }
 
 
-def policy_status(dispatcher: Dispatcher) -> dict[str, Any]:
+def policy_status(dispatcher: Dispatcher, admin: bool = True) -> dict[str, Any]:
+    """The policy's state and each variant's health; upstream addresses (`url`, `grpc`) only for
+    `admin` (they map the internal network for whoever can reach the router)."""
     table = dispatcher.table
     assert table is not None
     health = dispatcher.detector.snapshot()
-    return {
+    status = {
         "name": table.config.name,
         "kind": table.kind,
         "config_version": table.version,
@@ -99,6 +136,11 @@ def policy_status(dispatcher: Dispatcher) -> dict[str, Any]:
             for name, v in table.variants.items()
         },
     }
+    if not admin:
+        for variant in status["variants"].values():
+            del variant["url"], variant["grpc"]
+        status["upstreams"] = "hidden: send the admin bearer token to see each variant's url and grpc address"
+    return status
 
 
 def shadow_summary(dispatcher: Dispatcher) -> dict[str, Any]:
@@ -116,27 +158,35 @@ def quality(dispatcher: Dispatcher) -> dict[str, Any]:
             "variants": dispatcher.quality.summary(list(table.variants))}
 
 
-def routes(dispatcher: Dispatcher, control: Control, settings: RouterSettings) -> list[Route]:
-    """The operator endpoints as Starlette routes (errors leave through core.http's handlers)."""
+def routes(dispatcher: Dispatcher, control: Control, settings: RouterSettings,
+           feedback_log: FeedbackLog | None = None) -> list[Route]:
+    """The operator endpoints as Starlette routes (errors leave through core.http's handlers).
+    With a `feedback_log`, accepted feedback goes through the feedback topic (`feedback_log.py`)."""
 
     async def feedback(request: Request) -> Response:
+        status = 200
         try:
+            check_feedback_auth(settings, request.headers.get("authorization"))
             body = _feedback_body(await read_body(request, settings.max_body_bytes))
             table = dispatcher.table
             assert table is not None
-            result = apply_feedback(table, dispatcher.pending, dispatcher.quality, body)
+            if feedback_log is None:
+                result = apply_feedback(table, dispatcher.pending, dispatcher.quality, body, dispatcher.tokens)
+            else:
+                fb = prepare_feedback(table, dispatcher.pending, dispatcher.quality, body, dispatcher.tokens)
+                status, result = await feedback_log.submit(fb, body)
         except ServingError as exc:
             metrics.FEEDBACK.labels(exc.code).inc()
             raise
         dispatcher.dirty = True
-        metrics.FEEDBACK.labels("applied").inc()
-        return json_response(result)
+        metrics.FEEDBACK.labels("applied" if status == 200 else "acknowledged").inc()
+        return json_response(result, status)
 
     async def experiment_report(request: Request) -> Response:
         return json_response(experiment(dispatcher, request.path_params["name"]))
 
-    async def policy(_: Request) -> Response:
-        return json_response(policy_status(dispatcher))
+    async def policy(request: Request) -> Response:
+        return json_response(policy_status(dispatcher, is_admin(settings, request.headers.get("authorization"))))
 
     async def shadow(_: Request) -> Response:
         return json_response(shadow_summary(dispatcher))

@@ -45,6 +45,7 @@ from services.router.policies import RouteRequest, UnknownVariantError
 from services.router.quality import Quality
 from services.router.shadow import Outputs, ShadowMirror
 from services.router.table import RouteTable, Variant
+from services.router.tokens import TokenCodec
 from services.router.upstream import UpstreamError
 
 log = logging.getLogger("services.router")
@@ -52,10 +53,16 @@ log = logging.getLogger("services.router")
 _REQUEST_ID_OK = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 
+class GeneratedId(str):
+    """A request id the router made up (the client sent none): the answer carries the token instead."""
+
+    __slots__ = ()
+
+
 class Request:
     """One inference request as the dispatcher sees it. Codecs subclass it to carry their payload."""
 
-    __slots__ = ("model", "version", "request_id", "key", "override")
+    __slots__ = ("model", "version", "request_id", "key", "override", "token")
 
     def __init__(self, model: str, version: str | None, request_id: str, key: str | None,
                  override: str | None) -> None:
@@ -67,6 +74,15 @@ class Request:
         """Stickiness key (user or session id), or None."""
         self.override = override
         """Variant forced by the client (override header / metadata), or None."""
+        self.token: str | None = None
+        """The signed feedback token, once a variant answered (`tokens.py`)."""
+
+    @property
+    def reply_id(self) -> str:
+        """The request id the answer carries: the client's own, else the feedback token."""
+        if self.token is not None and isinstance(self.request_id, GeneratedId):
+            return self.token
+        return self.request_id
 
 
 class Answer(Protocol):
@@ -108,6 +124,8 @@ class Dispatcher:
         """Something the state file keeps changed since it was last written."""
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
+        self.tokens = TokenCodec([secrets.token_bytes(32)])
+        """Signs the feedback tokens; the router installs the replicas' shared key."""
 
     # -- config ---------------------------------------------------------------------------------
 
@@ -135,7 +153,7 @@ class Dispatcher:
         """The client's request id if it is sane (1-128 visible ASCII characters), else a new one."""
         if given and _REQUEST_ID_OK.match(given):
             return given
-        return f"{self._id_prefix}-{next(self._ids):x}"
+        return GeneratedId(f"{self._id_prefix}-{next(self._ids):x}")
 
     async def dispatch(self, table: RouteTable, request: Request, upstream: Upstream) -> Routed:
         """Route one request; raises ServingError when it is refused or no variant answers."""
@@ -183,10 +201,12 @@ class Dispatcher:
                 if outputs is not None and outputs[0]:
                     labels = tuple(outputs[0])
                     self.quality.of(served.name).predicted_labels(outputs[0], outputs[1])
-            self.pending.add(rid, served.name, request.key, table.epoch, labels)
+            request.token = self.tokens.mint(served.name, table.version, table.epoch, rid, labels)
+            self.pending.add(request.token, served.name, request.key, table.epoch, labels, alias=rid)
         elif table.learns:
             self.dirty = True
-            self._settle_failed(table, chosen.name, rid)
+            request.token = self.tokens.mint("", table.version, table.epoch, rid)  # closed: 409 anywhere
+            self._settle_failed(table, chosen.name, rid, request.token)
         table.policy.on_result(decision, rid, served is chosen, latency)
         if served is None:
             table.unrouted.request(BadGateway.http_status)
@@ -226,7 +246,7 @@ class Dispatcher:
         if self.pending.attach_shadow(request_id, variant, tuple(labels)):
             self.dirty = True
 
-    def _settle_failed(self, table: RouteTable, chosen: str, rid: str) -> None:
+    def _settle_failed(self, table: RouteTable, chosen: str, *ids: str) -> None:
         try:
             scored = table.policy.on_failure(chosen, table.failure_reward)
         except ValueError as exc:  # a failure reward the policy refuses; the config allowed it
@@ -237,7 +257,8 @@ class Dispatcher:
                    f"{table.failure_reward:g}; the fallback answered")
         else:
             why = f"its variant {chosen!r} failed and the fallback answered; not an outcome of {chosen!r}"
-        self.pending.settle(rid, why)
+        for rid in ids:
+            self.pending.settle(rid, why)
 
     # -- housekeeping ---------------------------------------------------------------------------
 

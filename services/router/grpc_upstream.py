@@ -63,7 +63,9 @@ async def route(dispatcher: Dispatcher, context: grpc.aio.ServicerContext, upstr
         context.set_trailing_metadata(metadata)
         raise
     served, answer, _ = routed
-    metadata = reply_metadata(rid, served)
+    metadata = reply_metadata(request.reply_id, served)
+    if request.token is not None:  # any router replica takes feedback with it (services/router/tokens.py)
+        metadata += (("x-feedback-token", request.token),)
     await context.send_initial_metadata(metadata)
     context.set_trailing_metadata(metadata)
     if answer.error is not None:  # the variant's verdict on a bad request: the client's mistake

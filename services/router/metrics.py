@@ -9,7 +9,9 @@
     router_ejections_total{variant}                   counter   outlier ejections
     router_variant_ejected{variant}                   gauge     1 while a variant is ejected
     router_decisions_total{variant, reason}           counter   sticky-hash | weighted-random | override | ...
-    router_feedback_total{outcome}                    counter   applied | not_found | gone | conflict | invalid_input
+    router_feedback_total{outcome}                    counter   applied | acknowledged (202) | not_found | gone
+                                                                | conflict | invalid_input | bad_token | unauthorized
+                                                                | unavailable
     router_pending_feedback                           gauge     decisions awaiting feedback
     router_config_version                             gauge     version of the routing config in force
     router_config_reloads_total{source, outcome}      counter   file | admin; applied | rejected | unchanged
@@ -45,6 +47,17 @@ Model quality, from outcome feedback (`POST /feedback`, every policy) and the an
                                                                 gave, and by shadows' mirrored answers; `label` is
                                                                 the predicted class index as a string ("0", "1"...),
                                                                 at most 32 distinct values per variant, then "other"
+
+The feedback topic (`feedback_log.py`, with ROUTER_KAFKA_BOOTSTRAP_SERVERS set):
+
+    router_feedback_produced_total{result}            counter   feedback events sent: acked (the broker has it) | failed
+    router_feedback_events_total{outcome}             counter   events read back and applied | duplicate (request id
+                                                                already applied: skipped) | refused (the policy in force
+                                                                cannot learn it) | malformed
+    router_feedback_consumer_lag_seconds              gauge     age of the last event applied while behind; 0 when the
+                                                                consumer is at the end of the topic
+    router_feedback_caught_up                         gauge     1 once the topic was read to its end offsets at start
+    router_feedback_consumer_errors_total             counter   consumer sessions that failed (then it reconnects)
 
 Accuracy = correct / labels; mean reward = reward_sum / rewards; reward variance =
 squares_sum / rewards - mean^2 (all over the same window: differences of two scrapes). Rows, not
@@ -107,6 +120,12 @@ FEEDBACK_REWARD = Summary("router_feedback_reward", "Rewards per variant (_sum m
 FEEDBACK_REWARD_SQUARES = Summary("router_feedback_reward_squares", "Squared rewards per variant.", ["variant"])
 PREDICTED_LABELS = Counter("router_predicted_labels", "Labels predicted per variant (shadows included).",
                            ["variant", "label"])
+FEEDBACK_PRODUCED = Counter("router_feedback_produced", "Feedback events sent to the feedback topic.", ["result"])
+FEEDBACK_EVENTS = Counter("router_feedback_events", "Feedback events read back from the topic, by outcome.",
+                          ["outcome"])
+FEEDBACK_LAG = Gauge("router_feedback_consumer_lag_seconds", "Age of the last feedback event applied while behind.")
+FEEDBACK_CAUGHT_UP = Gauge("router_feedback_caught_up", "1 once the feedback topic was read to its end at start.")
+FEEDBACK_CONSUMER_ERRORS = Counter("router_feedback_consumer_errors", "Failed feedback consumer sessions.")
 #: Distinct `label` values of router_predicted_labels_total per variant; more become "other".
 MAX_LABEL_VALUES = 32
 

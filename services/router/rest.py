@@ -136,7 +136,9 @@ def build_app(router: Router) -> Any:
             await _send_error(scope, send, exc, rid)
             return
         served, resp, _ = routed
-        out_body, out_headers = _annotate(resp, served, rid)
+        out_body, out_headers = _annotate(resp, served, request.reply_id)
+        if request.token is not None:
+            out_headers.append((b"x-feedback-token", request.token.encode()))
         out_headers.append((b"content-length", str(len(out_body)).encode()))
         await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
         await send({"type": "http.response.body", "body": out_body})
@@ -151,7 +153,7 @@ def build_app(router: Router) -> Any:
 
     async def ready(_: HttpRequest) -> HttpResponse:
         table = dispatcher.table
-        ok = router.started and table is not None
+        ok = router.ready and table is not None
         body: dict[str, Any] = {"ready": ok}
         if table is not None:
             body.update(config_version=table.version, policy=table.kind)
@@ -177,7 +179,7 @@ def build_app(router: Router) -> Any:
             Route("/v2/models/{model}/ready", model_metadata),
             Route("/v2/models/{model}/versions/{version}", model_metadata),
             Route("/v2/models/{model}/versions/{version}/ready", model_metadata),
-            *admin.routes(dispatcher, control, settings),
+            *admin.routes(dispatcher, control, settings, router.feedback_log),
             Route("/metrics", metrics_endpoint),
             Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         ],

@@ -13,11 +13,16 @@ router first and stops it last, after REST and gRPC drained together.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from services.router.control import Control
 from services.router.dispatch import Dispatcher
+from services.router.feedback_log import FeedbackLog
 from services.router.settings import RouterSettings
+from services.router.tokens import TokenCodec, key_source
 from services.router.upstream import Pools
+
+log = logging.getLogger("services.router")
 
 
 class Router:
@@ -27,6 +32,10 @@ class Router:
                            idle_timeout_s=settings.upstream_idle_timeout_s)
         self.dispatcher = Dispatcher()
         self.control = Control(settings, self.dispatcher, self.pools)
+        key = settings.token_key.get_secret_value() if settings.token_key is not None else None
+        keys, self.token_key_source = key_source(key, settings.token_key_file)
+        self.dispatcher.tokens = TokenCodec(keys)
+        self.feedback_log = FeedbackLog(settings, self.dispatcher) if settings.kafka_bootstrap_servers else None
         self.started = False
         self._tasks: list[asyncio.Task] = []
 
@@ -43,13 +52,24 @@ class Router:
         if self.control.state_file.enabled:
             self._tasks.append(asyncio.create_task(self.control.save_periodically(), name="state-save"))
         self._tasks.append(asyncio.create_task(self._maintain(), name="maintenance"))
+        if self.feedback_log is not None:
+            self.feedback_log.start(asyncio.get_running_loop())
+        log.info("router started", extra={"token_key": self.token_key_source,
+                                           "feedback_topic": self.feedback_log.topic if self.feedback_log else None})
         self.started = True
+
+    @property
+    def ready(self) -> bool:
+        """Started, and (with the feedback topic) caught up with what the other replicas learned."""
+        return self.started and (self.feedback_log is None or self.feedback_log.caught_up)
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self.feedback_log is not None:
+            await asyncio.to_thread(self.feedback_log.stop)
         await self.dispatcher.mirrors.stop()
         self.control.save_state()
         self.pools.close()

@@ -55,7 +55,40 @@ class RouterSettings(ServiceSettings):
     """Idle connections older than this are closed rather than reused (below uvicorn's 5 s
     keep-alive timeout, so the router never writes to a connection the server is closing)."""
 
-    @field_validator("state_file", "admin_token_file", "admin_token", mode="before")
+    token_key: SecretStr | None = None
+    """Key signing the request ids handed to clients (feedback tokens), shared by every replica so
+    any replica verifies any replica's ids. Hex or text of at least 16 bytes; several keys, one per
+    line: the first signs, all verify (rotation). Without it (or token_key_file) each process makes
+    a random key: its ids verify only on itself, until it restarts."""
+    token_key_file: Path | None = None
+    """File holding the token key(s) (a mounted Secret); used when token_key is empty."""
+    feedback_token: SecretStr | None = None
+    """When set, `POST /feedback` needs `Authorization: Bearer <this token>` (or the admin token):
+    only trusted callers (the application's backend) may teach the policy. Empty: open, as the
+    signed request ids already stop guessed or altered ids."""
+    feedback_token_file: Path | None = None
+    """File holding the feedback bearer token; used when feedback_token is empty."""
+    kafka_bootstrap_servers: str = ""
+    """Kafka bootstrap servers (host:port,...). When set, accepted feedback goes to the feedback
+    topic and is acknowledged once the broker has it; every replica applies every event from the
+    topic. Empty: feedback is applied in this process only (one replica)."""
+    feedback_topic: str = "feedback"
+    """Topic of the feedback events (created with feedback_topic_partitions if missing)."""
+    feedback_topic_partitions: int = Field(default=3, ge=1)
+    """Partitions the feedback topic is created with (events are keyed by request id)."""
+    feedback_ack_timeout_s: float = Field(default=10.0, gt=0.0)
+    """How long `POST /feedback` waits for the broker's acknowledgement before answering 503
+    (the reward then may or may not be on the topic: resending it is safe, duplicates are skipped)."""
+    feedback_apply_wait_s: float = Field(default=2.0, ge=0.0)
+    """After the broker's ack, how long the feedback call waits for this replica to read the event
+    back and apply it (200); past it the answer is 202 (acknowledged, applied shortly)."""
+    replica_id: str = ""
+    """Name of this replica in feedback events and logs; empty: host name and process id."""
+    kafka_backoff_max_s: float = Field(default=5.0, gt=0.0)
+    """Longest wait between reconnects of the feedback consumer and producer."""
+
+    @field_validator("state_file", "admin_token_file", "admin_token", "token_key", "token_key_file",
+                     "feedback_token", "feedback_token_file", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
