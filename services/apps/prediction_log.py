@@ -1,9 +1,12 @@
 """The prediction log: every answered prediction as an event on the `predictions` topic.
 
-Asynchronous and lossy by design: `PredictionLog.emit()` only appends to a bounded buffer; a
+Asynchronous, lossy only when full: `PredictionLog.emit()` only appends to a bounded buffer; a
 background thread (`BackgroundEmitter`) encodes and sends. A slow or absent broker never blocks
-or fails a request: when the buffer is full the event is dropped and counted in
-`kafka_emitter_dropped_total{emitter="predictions", reason="buffer_full"}`.
+or fails a request. Events whose send fails while the broker is away stay in the buffer and are
+sent again when it returns (`kafka_emitter_retried_total{emitter="predictions"}`); only when the
+buffer is full is an event dropped, counted in
+`kafka_emitter_dropped_total{emitter="predictions", reason="buffer_full"}`. The online-learning
+trainer joins labels to these events by request id (`include_inputs=True`).
 
 Record key: the request id. Value, schema 1:
 

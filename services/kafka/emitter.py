@@ -7,9 +7,14 @@
 
 `offer` only appends to a bounded in-memory queue (a few hundred nanoseconds). A background
 thread owns the KafkaProducer: it serialises (orjson), sends, and reconnects with backoff when
-the broker is slow or absent. When the queue is full the record is dropped and counted
-(`kafka_emitter_dropped_total{reason="buffer_full"}`); records the broker refuses or that time
-out are counted as `send_failed`. Nothing here raises into the caller.
+the broker is slow or absent. A record counts against the buffer until the broker acknowledges
+it (queued + in flight <= `buffer_size`). A send that fails with a retriable error (the broker
+gone or slow: delivery timed out, no connection, leader moving) puts the record back into the
+buffer, counted in `kafka_emitter_retried_total`, and the sender backs off; so a broker outage
+costs nothing while the buffer has room (issue #11: the prediction log used to drop every event
+of an outage). Only when the buffer is full is a new record dropped
+(`kafka_emitter_dropped_total{reason="buffer_full"}`); records the broker refuses for good
+(too large, not authorised) are counted as `send_failed`. Nothing here raises into the caller.
 
 Used by the prediction log (`prediction_log.py`) and the model-events producer (`events.py`).
 """
@@ -25,7 +30,7 @@ from typing import Any
 
 import orjson
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from services.kafka import metrics
 from services.kafka.topics import TopicSpec, ensure_topics
@@ -69,6 +74,11 @@ class BackgroundEmitter:
             "reconnect_backoff_max_ms": 2000,
             **(producer_config or {}),
         }
+        self._capacity = buffer_size
+        self._inflight = 0  # handed to the producer, not yet acknowledged or failed
+        self._lock = threading.Lock()
+        self._failing = threading.Event()  # a send failed: back off before the next one
+        self._retried = metrics.EMITTER_RETRIED.labels(name)
         self._thread: threading.Thread | None = None
         self._producer: KafkaProducer | None = None
         self._dropped = metrics.EMITTER_DROPPED
@@ -83,16 +93,18 @@ class BackgroundEmitter:
 
     def offer(self, topic: str, key: bytes | None, value: Any) -> bool:
         """Queue a record; False (and counted) when the buffer is full."""
-        try:
-            self._queue.put_nowait((topic, key, value))
-            return True
-        except queue.Full:
+        with self._lock:
+            room = self._queue.qsize() + self._inflight < self._capacity
+            if room:
+                self._queue.put_nowait((topic, key, value))
+        if not room:
             self._buffer_full.inc()
-            return False
+        return room
 
     @property
     def buffered(self) -> int:
-        return self._queue.qsize()
+        """Records not yet acknowledged: queued, or sent and awaiting the broker."""
+        return self._queue.qsize() + self._inflight
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -112,7 +124,7 @@ class BackgroundEmitter:
         except queue.Full:
             pass  # the sender sees _stopping and gives up at the deadline
         self._thread.join(timeout_s)
-        left = self._queue.qsize()
+        left = self.buffered
         if left:
             self._dropped.labels(self.name, "shutdown").inc(left)
         self._thread = None
@@ -139,13 +151,28 @@ class BackgroundEmitter:
         return None
 
     def _on_sent(self, _metadata: Any) -> None:
+        with self._lock:
+            self._inflight -= 1
         self._sent.inc()
 
-    def _on_failed(self, exc: BaseException) -> None:
-        self._dropped.labels(self.name, "send_failed").inc()
-        log.debug("emitter record not delivered", extra={"emitter": self.name, "error": repr(exc)})
+    def _failed(self, item: tuple, exc: BaseException, *, inflight: bool) -> None:
+        """A send did not reach the broker: back into the buffer if the error is transient, else dropped."""
+        retriable = isinstance(exc, KafkaTimeoutError) or bool(getattr(exc, "retriable", False))
+        with self._lock:
+            if inflight:
+                self._inflight -= 1
+            if retriable and not self._stopping.is_set():
+                # Never full here: the record held its place in the buffer while it was in flight.
+                self._queue.put_nowait(item)
+        self._failing.set()
+        if retriable and not self._stopping.is_set():
+            self._retried.inc()
+        else:
+            self._dropped.labels(self.name, "send_failed").inc()
+            log.debug("emitter record not delivered", extra={"emitter": self.name, "error": repr(exc)})
 
     def _run(self) -> None:
+        delay = 0.2
         while True:
             if self._producer is None:
                 self._producer = self._connect()
@@ -162,7 +189,7 @@ class BackgroundEmitter:
                 continue
             if item is _STOP:
                 break
-            self._buffered.set(self._queue.qsize())
+            self._buffered.set(self.buffered)
             topic, key, value = item
             try:
                 payload = value if isinstance(value, bytes) else self._encode(value)
@@ -170,17 +197,25 @@ class BackgroundEmitter:
                 self._dropped.labels(self.name, "encode_failed").inc()
                 log.warning("emitter cannot encode a record", extra={"emitter": self.name, "error": repr(exc)})
                 continue
+            if self._failing.is_set():  # the broker failed us lately: wait before trying again
+                self._failing.clear()
+                self._stopping.wait(delay)
+                delay = min(delay * 2, self._backoff_max_s)
+            else:
+                delay = 0.2
+            sent = (topic, key, payload)
+            with self._lock:
+                self._inflight += 1
             try:
                 future = self._producer.send(topic, key=key, value=payload)
                 future.add_callback(self._on_sent)
-                future.add_errback(self._on_failed)
+                future.add_errback(lambda exc, sent=sent: self._failed(sent, exc, inflight=True))
             except KafkaError as exc:  # metadata or buffer wait timed out: the broker is slow or gone
-                self._dropped.labels(self.name, "send_failed").inc()
                 log.warning("emitter send failed", extra={"emitter": self.name, "error": repr(exc)})
-                time.sleep(0.1)
+                self._failed(sent, exc, inflight=True)
             except Exception as exc:
-                self._dropped.labels(self.name, "send_failed").inc()
                 log.warning("emitter send failed", extra={"emitter": self.name, "error": repr(exc)})
+                self._failed(sent, exc, inflight=True)
         producer, self._producer = self._producer, None
         if producer is not None:
             try:

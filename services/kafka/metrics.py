@@ -85,6 +85,12 @@ EMITTER_DROPPED = Counter(
     "send_failed (the broker refused or delivery timed out), encode_failed.",
     ["emitter", "reason"],
 )
+EMITTER_RETRIED = Counter(
+    "kafka_emitter_retried_total",
+    "Records put back into the emitter's buffer after a send the broker did not acknowledge in time "
+    "(absent or slow), to be sent again; they count against the buffer, so drops start only when it is full.",
+    ["emitter"],
+)
 EMITTER_BUFFERED = Gauge(
     "kafka_emitter_buffered", "Records waiting in the emitter's bounded buffer.", ["emitter"]
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import socket
+import time
 import uuid
 
 import httpx
@@ -95,3 +96,55 @@ def test_absent_prediction_log_broker_never_fails_a_request(kafka_bootstrap_serv
     dropped = value('kafka_emitter_dropped_total{emitter="predictions",reason="buffer_full"}')
     assert dropped >= 300 - 20 - 1, metrics  # all but what the buffer (and the sender's hand) holds
     assert value('kafka_emitter_sent_total{emitter="predictions"}') == 0
+
+
+def test_a_broker_outage_loses_no_event_while_the_buffer_has_room(kafka_broker, start_service, holdout):
+    """Issue #11: during a broker outage the log dropped every event although its buffer had room.
+    Now the events sent during the outage wait in the buffer, are retried (counted) and all arrive
+    once the broker is back; none is dropped."""
+    if not kafka_broker.can_restart:
+        pytest.skip("the broker comes from $KAFKA_BOOTSTRAP_SERVERS and is not ours to stop")
+    bootstrap = kafka_broker.start()
+    key = secrets.token_hex(32).encode()
+    models_topic = f"models-{uuid.uuid4().hex[:8]}"
+    predictions = f"predictions-{uuid.uuid4().hex[:8]}"
+    publisher.publish(bootstrap, MODEL, 1, key=key, topic=models_topic)
+    url = start_app(start_service, bootstrap, key, models_topic, STREAMING_PREDICTIONS_TOPIC=predictions,
+                    STREAMING_PREDICTION_LOG_BUFFER="1000", STREAMING_BACKOFF_MAX_S="1")
+    rows = holdout[1].tolist()
+    sent: list[str] = []
+    with httpx.Client(base_url=url, timeout=10) as client:
+        def post(tag: str, n: int) -> None:
+            for i in range(n):
+                rid = f"{tag}-{i}"
+                assert client.post("/predict", json={"instances": [rows[i % len(rows)]]},
+                                   headers={"x-request-id": rid}).status_code == 200
+                sent.append(rid)
+
+        post("before", 20)
+        read_topic(bootstrap, predictions, until=lambda rs: len(rs) >= 20)  # the log works; then the outage
+        kafka_broker.stop()
+        try:
+            post("during", 200)
+            # Long enough for the producer's delivery timeout to fail the in-flight sends (then retried).
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                text = client.get("/metrics").text
+                if _value(text, 'kafka_emitter_retried_total{emitter="predictions"}') > 0:
+                    break
+                time.sleep(1)
+        finally:
+            kafka_broker.start()
+        post("after", 20)
+        events = json_values(read_topic(bootstrap, predictions, until=lambda rs: len(rs) >= len(sent),
+                                        max_polls=480))
+        metrics = client.get("/metrics").text
+    got = [e["request_id"] for e in events]
+    assert set(got) == set(sent), f"missing {sorted(set(sent) - set(got))[:10]}"
+    assert _value(metrics, 'kafka_emitter_retried_total{emitter="predictions"}') > 0, metrics
+    assert _value(metrics, 'kafka_emitter_dropped_total{emitter="predictions"') == 0, metrics
+    assert _value(metrics, 'kafka_emitter_sent_total{emitter="predictions"}') >= len(sent)
+
+
+def _value(metrics: str, line_start: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(line_start))
