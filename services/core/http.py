@@ -6,7 +6,9 @@ logged trace; a client never sees a trace. Starlette apps get it through `EXCEPT
 bare ASGI handlers (a hot path that skips Starlette's router) call it directly.
 
 `serve(app, settings, ...)` runs a service process: the app under uvicorn, optionally beside other
-servers (grpc.aio), with one graceful drain on SIGTERM / SIGINT and exit status 0.
+servers (grpc.aio), with one graceful drain on SIGTERM / SIGINT and exit status 0. Its HTTP
+connections are bounded by the settings' `http_*` fields (header timeout, keep-alive, header size,
+connections per process: `services.core.connections`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
+from services.core.connections import ConnectionLimits, bounded_protocol
 from services.core.errors import INTERNAL_MESSAGE, InvalidInput, Overloaded, PayloadTooLarge, ServingError
 from services.core.settings import ServiceSettings
 
@@ -190,10 +193,11 @@ async def _serve(app: ASGIApp, settings: ServiceSettings, servers: Sequence[Serv
         app,
         host=settings.host,
         port=settings.port,
-        http="httptools",
+        http=bounded_protocol(connection_limits(settings)),  # httptools, with header timeout and limits
         access_log=False,
         log_config=None,
         server_header=False,
+        timeout_keep_alive=settings.http_keep_alive_s,  # type: ignore[arg-type]  # a float works
         timeout_graceful_shutdown=grace_s,  # type: ignore[arg-type]  # a float works; the hint says int
     )
     http = _Uvicorn(config)
@@ -217,6 +221,12 @@ async def _serve(app: ASGIApp, settings: ServiceSettings, servers: Sequence[Serv
         status = status or 1
     log.info("stopped", extra={"exit_status": status})
     return status
+
+
+def connection_limits(settings: ServiceSettings) -> ConnectionLimits:
+    return ConnectionLimits(header_timeout_s=settings.http_header_timeout_s,
+                            max_header_bytes=settings.http_max_header_bytes,
+                            max_connections=settings.http_max_connections)
 
 
 async def _stop(servers: Sequence[Server], on_stop: Sequence[Hook], grace_s: float) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.contract import RangePolicy
@@ -34,6 +35,41 @@ class ServiceSettings(BaseSettings):
     """Largest request body accepted; larger bodies get 413."""
     shutdown_grace_s: float = 10.0
     """On SIGTERM: stop accepting, then wait this long for in-flight requests."""
+    http_header_timeout_s: float = Field(default=10.0, gt=0.0)
+    """A request's line and headers must arrive within this many seconds of the connection opening (or of
+    the first byte after the previous response); slower or silent clients (slowloris, blank lines) are
+    disconnected."""
+    http_keep_alive_s: float = Field(default=5.0, gt=0.0)
+    """An idle kept-alive HTTP connection is closed this many seconds after its last response. Keep it above
+    the router's upstream_idle_timeout_s where a router calls this service."""
+    http_max_header_bytes: int = Field(default=65_536, ge=1024)
+    """Most bytes of request line and headers; more gets 431 and the connection closed."""
+    http_max_connections: int = Field(default=1000, ge=1)
+    """Most open HTTP connections per process. A connection over the limit gets 503 (Retry-After) on its
+    first request and is closed; connections already open keep working."""
+
+
+class GrpcServerSettings(BaseSettings):
+    """Bounds on a gRPC server's connections, for the services that run one (model server, router)."""
+
+    grpc_max_concurrent_streams: int = Field(default=256, ge=1)
+    """Most concurrent calls (HTTP/2 streams) on one gRPC connection; a client queues the rest."""
+    grpc_max_connection_idle_s: float = Field(default=300.0, gt=0.0)
+    """A gRPC connection with no call for this long is closed (GOAWAY); clients reconnect on their next call."""
+    grpc_keepalive_s: float = Field(default=60.0, gt=0.0)
+    """The server pings a connection after this long without traffic and closes it when the ping goes
+    unanswered for grpc_keepalive_timeout_s (a peer that vanished without closing)."""
+    grpc_keepalive_timeout_s: float = Field(default=20.0, gt=0.0)
+    """How long a keepalive ping may go unanswered before the connection is closed."""
+
+    def grpc_connection_options(self) -> list[tuple[str, int]]:
+        """grpc.aio server options for the connection bounds above."""
+        return [
+            ("grpc.max_concurrent_streams", self.grpc_max_concurrent_streams),
+            ("grpc.max_connection_idle_ms", round(self.grpc_max_connection_idle_s * 1000)),
+            ("grpc.keepalive_time_ms", round(self.grpc_keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", round(self.grpc_keepalive_timeout_s * 1000)),
+        ]
 
 
 class ModelSettings(ServiceSettings):

@@ -35,7 +35,8 @@ def main() -> None:
     registry = Registry(settings, executor)
     stopping = asyncio.Event()
     grpc_frontend = GrpcFrontend(registry, host=settings.host, port=settings.grpc_port,
-                                 max_message_bytes=settings.grpc_max_message_bytes)
+                                 max_message_bytes=settings.grpc_max_message_bytes,
+                                 options=settings.grpc_connection_options())
 
     async def load() -> None:
         await registry.start()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import grpc
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
@@ -55,7 +55,9 @@ class GrpcFrontend:
     """The grpc.aio server with every service registered; health follows the registry's readiness.
     A `serve()` server: start() binds and starts, stop(grace_s) drains."""
 
-    def __init__(self, registry: Registry, *, host: str, port: int, max_message_bytes: int) -> None:
+    def __init__(self, registry: Registry, *, host: str, port: int, max_message_bytes: int,
+                 options: Sequence[tuple[str, int]] = ()) -> None:
+        """`options`: more grpc.aio server options (`GrpcServerSettings.grpc_connection_options`)."""
         self.registry = registry
         self.address = f"{host}:{port}"
         self.port = port
@@ -63,6 +65,7 @@ class GrpcFrontend:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *options,
         ]
         self._servicers = [*grpc_tfs.servicers(registry), *grpc_oip.servicers(registry)]
         self.services = [service for service, _ in self._servicers]

@@ -12,11 +12,11 @@ from pydantic import NonNegativeFloat, PositiveInt, field_validator
 
 from services.core.contract import RangePolicy
 from services.core.lifecycle import DEFAULT_SKEW_TOLERANCE
-from services.core.settings import DEFAULT_MODEL_REPOSITORY, ServiceSettings, settings_config
+from services.core.settings import DEFAULT_MODEL_REPOSITORY, GrpcServerSettings, ServiceSettings, settings_config
 from services.model_server.config import ConfigError, VersionPolicy
 
 
-class ModelServerSettings(ServiceSettings):
+class ModelServerSettings(ServiceSettings, GrpcServerSettings):
     """One process serving every model and version of a model repository over REST and gRPC."""
 
     model_config = settings_config("MODEL_SERVER_")

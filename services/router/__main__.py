@@ -36,7 +36,8 @@ def main() -> None:
     except SystemExit as exc:
         print(str(exc), file=sys.stderr)
         sys.exit(2)
-    fronts = ([GrpcFront(router.dispatcher, settings.host, settings.grpc_port, settings.grpc_max_message_bytes)]
+    fronts = ([GrpcFront(router.dispatcher, settings.host, settings.grpc_port, settings.grpc_max_message_bytes,
+                         settings.grpc_connection_options())]
               if settings.grpc_port else [])
     # The router starts before either front accepts a call and stops after both drained.
     serve(build_app(router), settings, servers=fronts, on_start=[router.start], on_stop=[router.stop])

@@ -10,6 +10,7 @@ routing needs) and shares one set of upstream channels.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import grpc
 
@@ -22,16 +23,18 @@ log = logging.getLogger("services.router.grpc")
 
 
 class GrpcFront:
-    def __init__(self, dispatcher: Dispatcher, host: str, port: int, max_message_bytes: int) -> None:
+    def __init__(self, dispatcher: Dispatcher, host: str, port: int, max_message_bytes: int,
+                 options: Sequence[tuple[str, int]] = ()) -> None:
+        """`options`: more grpc.aio server options (`GrpcServerSettings.grpc_connection_options`)."""
         self.address = f"{host}:{port}"
-        self.max_message_bytes = max_message_bytes
+        self.options = [("grpc.max_receive_message_length", max_message_bytes),
+                        ("grpc.max_send_message_length", max_message_bytes), *options]
         self.channels = Channels(max_message_bytes)
         self.codecs = [PredictCodec(dispatcher, self.channels), OipCodec(dispatcher, self.channels)]
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", self.max_message_bytes),
-                                               ("grpc.max_send_message_length", self.max_message_bytes)])
+        self.server = grpc.aio.server(options=self.options)
         for codec in self.codecs:
             handlers = codec.handlers()
             self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(codec.service, handlers),))

@@ -12,14 +12,14 @@ from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 
-from services.core.settings import ServiceSettings, settings_config
+from services.core.settings import GrpcServerSettings, ServiceSettings, settings_config
 
 SERVER_NAME = "serving-patterns-router"
 """What the router calls itself in server metadata (REST GET /v2, OIP ServerMetadata)."""
 SERVER_VERSION = "0.1.0"
 
 
-class RouterSettings(ServiceSettings):
+class RouterSettings(ServiceSettings, GrpcServerSettings):
     """The router: one KServe V2 front door routing each request to a model variant."""
 
     model_config = settings_config("ROUTER_")
