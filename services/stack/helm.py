@@ -407,6 +407,9 @@ def values_schema() -> dict:
             "scoring": block("services.kafka.scoring", {"port": port}, "More SCORING_ settings by field name."),
             "supervisor": _strict({"enabled": {"type": "boolean"}, "port": port, "resources": resources,
                                    "actuator": {"enum": ["router-api", "configmap"]},
+                                   "rolloutSpec": {"type": "object", "description": (
+                                       "A rollout spec replacing files/rollout/canary.yaml (services/supervisor/"
+                                       "spec.py); empty = that file.")},
                                    "settings": _strict(settable_settings("services.supervisor"), required=[],
                                                        description="More SUPERVISOR_ settings by field name.")}),
             "publisher": _strict({"allowFailedGate": {"type": "boolean"},

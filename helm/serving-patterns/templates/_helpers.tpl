@@ -127,6 +127,15 @@ it then runs as its own ServiceAccount (templates/serviceaccount.yaml, superviso
 {{- if and (include "sp.supervised" .) (eq .Values.supervisor.actuator "configmap") }}true{{ end -}}
 {{- end -}}
 
+{{/* The rollout spec the supervisor reads: supervisor.rolloutSpec, else the canary pattern's file. */}}
+{{- define "sp.rolloutSpec" -}}
+{{- if .Values.supervisor.rolloutSpec -}}
+{{- toYaml .Values.supervisor.rolloutSpec -}}
+{{- else -}}
+{{- .Files.Get "files/rollout/canary.yaml" -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "sp.supervisorServiceAccountName" -}}
 {{- include "sp.resourceName" (list . "supervisor") -}}
 {{- end -}}
