@@ -15,6 +15,7 @@ help:
 	@echo "make demo                  set up, build models, run every pattern locally, print what it saw"
 	@echo "make test                  set up and run the whole test suite"
 	@echo "make up PATTERN=embedded   start a pattern in the background (make down stops it)"
+	@echo "make up PATTERN=bandit REPLICAS=3   routed pattern with 3 router replicas sharing feedback (Kafka)"
 	@echo "make bench-serving         benchmark every way of serving side by side -> reports/serving.md"
 	@echo "make bench-router          router overhead per policy -> reports/router.md"
 	@echo "make bench-kafka           model swap latency, stream-scoring throughput -> reports/kafka.md"
@@ -95,7 +96,7 @@ demo: setup models kafka-fetch
 	@$(PY) -m services.stack.demo
 
 up: setup models
-	@$(PY) -m services.stack up $(PATTERN)
+	@$(PY) -m services.stack up $(PATTERN) $(if $(REPLICAS),--replicas $(REPLICAS))
 
 down: setup
 	@$(PY) -m services.stack down

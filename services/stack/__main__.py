@@ -1,6 +1,8 @@
 """The local stack: run a pattern's services as background processes on 127.0.0.1.
 
     python -m services.stack up embedded     start, wait until ready, print and record the URLs
+    python -m services.stack up bandit --replicas 3
+                                             three router replicas sharing what they learn (Kafka)
     python -m services.stack status          what is running
     python -m services.stack down            stop exactly what `up` started
     python -m services.stack publish --model wine --version 2
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up", help="start a pattern")
     p_up.add_argument("pattern", choices=sorted(PATTERNS))
+    p_up.add_argument("--replicas", type=int, default=1,
+                      help="router replicas of a routed pattern (>1: sharing a token key and a feedback topic)")
     sub.add_parser("down", help="stop the running stack")
     sub.add_parser("status", help="show the running stack")
     sub.add_parser("publish", help="publish a model version to the running stack (publisher arguments follow)",
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.cmd == "up":
-        return up(args.pattern)
+        return up(args.pattern, args.replicas)
     return down() if args.cmd == "down" else status()
 
 

@@ -7,17 +7,15 @@ Adding a pattern is one function here plus its folder under patterns/.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from functools import partial
 
 from services.kafka.messages import ensure_key_file, load_signing_key
 from services.kafka.publisher import publish
 from services.kafka.topics import MODELS
-from services.stack.kafka_broker import Broker, default_data_dir
-from services.stack.paths import ENV_BOOTSTRAP, SIGNING_KEY_FILE
+from services.stack.paths import SIGNING_KEY_FILE
 from services.stack.process import PatternStack, ServiceProcess, free_port, http_ready
-from services.stack.routed import ROUTED_PATTERNS, routed_pattern
+from services.stack.routed import ROUTED_PATTERNS, local_kafka, routed_pattern
 
 
 def embedded(model_name: str = "breast-cancer") -> PatternStack:
@@ -63,14 +61,7 @@ def model_as_service(model_name: str = "breast-cancer", protocol: str = "grpc") 
 
 
 def _local_broker(bootstrap_servers: str | None) -> tuple[str, dict[str, str]]:
-    """Bootstrap servers, and the data dir of the local broker if this stack started it, so that
-    `make down` stops exactly what `make up` started (a broker that was already up stays up)."""
-    if bootstrap_servers or os.environ.get(ENV_BOOTSTRAP):
-        return bootstrap_servers or os.environ[ENV_BOOTSTRAP], {}
-    broker = Broker(default_data_dir(), stop_at_exit=False)
-    started_here = not broker.is_running()
-    bootstrap = broker.start()
-    return bootstrap, ({"broker_data_dir": str(broker.data_dir)} if started_here else {})
+    return local_kafka(bootstrap_servers)
 
 
 def model_as_data(model_name: str = "breast-cancer", version: int | None = None,

@@ -12,6 +12,7 @@ from services.stack.kafka_broker import Broker
 from services.stack.paths import ENDPOINTS_FILE, LOG_DIR, REPO_ROOT, RUN_DIR
 from services.stack.patterns import PATTERNS
 from services.stack.process import PatternStack, StartError, stop_pid
+from services.stack.routed import ROUTED_PATTERNS
 
 
 def _alive(pid: int) -> bool:
@@ -30,9 +31,9 @@ def _stop_broker(state: dict) -> bool:
     return True
 
 
-def start_stack(pattern: str, log_dir: Path = LOG_DIR) -> PatternStack:
+def start_stack(pattern: str, log_dir: Path = LOG_DIR, replicas: int = 1) -> PatternStack:
     """Start a pattern's processes in order; on any failure stop what started and raise."""
-    stack = PATTERNS[pattern]()
+    stack = PATTERNS[pattern](replicas=replicas) if replicas != 1 else PATTERNS[pattern]()
     started = []
     try:
         for proc in stack.processes:
@@ -48,16 +49,20 @@ def start_stack(pattern: str, log_dir: Path = LOG_DIR) -> PatternStack:
     return stack
 
 
-def up(pattern: str) -> int:
+def up(pattern: str, replicas: int = 1) -> int:
     if ENDPOINTS_FILE.exists():
         state = json.loads(ENDPOINTS_FILE.read_text())
         if any(_alive(p["pid"]) for p in state["processes"]):
             print(f"a stack is already up ({state['pattern']}); run `make down` first", file=sys.stderr)
             return 1
     t0 = time.perf_counter()
+    if replicas != 1 and pattern not in ROUTED_PATTERNS:
+        print(f"REPLICAS applies to the routed patterns ({', '.join(ROUTED_PATTERNS)}), not {pattern}",
+              file=sys.stderr)
+        return 1
     try:
-        stack = start_stack(pattern)
-    except StartError as exc:
+        stack = start_stack(pattern, replicas=replicas)
+    except (StartError, ValueError) as exc:
         print(f"could not start {pattern}: {exc}", file=sys.stderr)
         return 1
     RUN_DIR.mkdir(exist_ok=True)
