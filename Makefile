@@ -20,6 +20,8 @@ help:
 	@echo "make bench-router          router overhead per policy -> reports/router.md"
 	@echo "make bench-kafka           model swap latency, stream-scoring throughput -> reports/kafka.md"
 	@echo "make bench-supervisor      sequential vs fixed-interval canary analysis (simulated) -> reports/supervisor.md"
+	@echo "make fuzz                  property-based fuzzing of real servers, 20x make test's cases (tests/fuzz)"
+	@echo "make chaos                 fault runs under load (kills, broker outages, soak) -> reports/reliability.md"
 	@echo "make models | lint | status | clean"
 
 setup: $(STAMP)
@@ -143,3 +145,16 @@ cluster-up: setup cluster-build
 
 cluster-down: setup
 	@$(PY) -m services.stack.cluster down
+
+# Property-based fuzzing of real server processes (tests/fuzz, Hypothesis, seeded): the same properties
+# `make test` runs with FUZZ_EXAMPLES=25, here 20x as many cases; prints a tally per target at the end.
+.PHONY: fuzz chaos
+FUZZ_EXAMPLES ?= 500
+fuzz: setup models
+	@FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/fuzz -q -rxX -o timeout=3600 $(PYTEST_ARGS)
+
+# Fault injection against the local stack under steady load -> reports/reliability.md + PNG (not a test).
+# CHAOS_SOAK_S shortens the memory soak (default 300 s); CHAOS_ARGS=--only shadow,canary runs a subset.
+CHAOS_ARGS ?=
+chaos: setup models kafka-fetch
+	@$(PY) -m loadtests.chaos $(CHAOS_ARGS)
