@@ -81,18 +81,23 @@ def serve_grpc(port: int) -> None:
     server.wait_for_termination()
 
 
-def serve_kafka(bootstrap: str, requests_topic: str, results_topic: str, group: str) -> None:
-    from kafka import KafkaConsumer, KafkaProducer
+def serve_kafka(bootstrap: str, requests_topic: str, results_topic: str) -> None:
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     from services.kafka.topics import SCORING_PARTITIONS, ensure_topics, plain_topic
 
     ensure_topics(bootstrap, [plain_topic(t, SCORING_PARTITIONS) for t in (requests_topic, results_topic)])
-    consumer = KafkaConsumer(requests_topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=True,
-                             auto_offset_reset="latest", fetch_max_wait_ms=5, max_poll_records=5000)
+    # Every partition, from the end, no group: nothing produced after the ready line is missed.
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             fetch_max_wait_ms=5, max_poll_records=5000)
+    tps = [TopicPartition(requests_topic, p) for p in range(SCORING_PARTITIONS)]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    for tp in tps:
+        consumer.position(tp)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=1, batch_size=1024 * 1024)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    consumer.poll(timeout_ms=100)
     print(f"ceiling kafka {requests_topic} -> {results_topic} on {bootstrap}", flush=True)
     while not stop["now"]:
         for batch in consumer.poll(timeout_ms=100).values():
@@ -112,14 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--bootstrap", required=True)
     k.add_argument("--requests-topic", required=True)
     k.add_argument("--results-topic", required=True)
-    k.add_argument("--group", default="ceiling-echo")
     args = parser.parse_args(argv)
     if args.kind == "http":
         serve_http(args.port)
     elif args.kind == "grpc":
         serve_grpc(args.port)
     else:
-        serve_kafka(args.bootstrap, args.requests_topic, args.results_topic, args.group)
+        serve_kafka(args.bootstrap, args.requests_topic, args.results_topic)
     return 0
 
 

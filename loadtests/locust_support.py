@@ -269,6 +269,9 @@ def summary(environment) -> dict[str, Any]:
         "requests": sum(e["requests"] for e in main),
         "failures": sum(e["failures"] for e in main),
         "rows_per_s": sum(e["rows_per_s"] for e in main),
+        "rps": sum(e["rps"] for e in main),
+        # The busiest entry that is not feedback: its percentiles are the run's latency.
+        "main": max(main, key=lambda e: e["requests"]) if main else total,
         "entries": entries,
         "quality": QUALITY.as_dict(),
         "pid": os.getpid(),
