@@ -6,6 +6,7 @@
     │   ├── PayloadTooLarge           413  RESOURCE_EXHAUSTED body or batch over the limit
     │   ├── NotFound                  404  NOT_FOUND          unknown model, version or id
     │   ├── Gone                      410  NOT_FOUND          an id that existed but expired
+    │   ├── UnsupportedMediaType      415  INVALID_ARGUMENT   a body sent as something other than JSON
     │   └── Unauthorized              401  UNAUTHENTICATED    admin endpoint without a valid token
     ├── Unavailable                   503  UNAVAILABLE        not ready yet, or a backend is down
     │   └── Overloaded                503  RESOURCE_EXHAUSTED queue full; carries Retry-After
@@ -19,6 +20,11 @@ Services raise these and translate them to the wire in exactly one place each:
 `services.core.http.exception_response` for HTTP (Starlette apps through `EXCEPTION_HANDLERS`),
 `services.core.grpc_status` for gRPC (servicers registered with `add_servicer`, or `guard`).
 Wrap lower-level exceptions with `raise ... from exc` so the cause stays in the logs.
+
+A client's strings end up in error messages; quote them with `echo(value)` (a bounded repr), and
+every message is cut to MAX_MESSAGE_CHARS anyway: a gRPC status message travels in the trailing
+metadata, which a 10 kB echo would overflow (the client then sees a transport error instead of
+INVALID_ARGUMENT, and a proxy counts it against the variant).
 """
 
 from __future__ import annotations
@@ -29,6 +35,28 @@ import grpc
 
 # What a client sees of an unexpected failure, over HTTP and gRPC alike: never a trace or a class name.
 INTERNAL_MESSAGE = "internal error; see the server log"
+ECHO_CHARS = 64
+"""Most characters of a client-supplied value quoted in an error message (`echo`)."""
+MAX_NAME_CHARS = 256
+"""Most characters of a name or id a client sends for the server to use or echo (a TF Serving
+signature_name, a KServe V2 request `id`); longer is INVALID_ARGUMENT."""
+MAX_MESSAGE_CHARS = 1000
+"""Most characters of any error message (gRPC's default metadata limit is 8 KiB, and the status
+message is percent-encoded: up to 3 bytes a character)."""
+
+
+def echo(value: object, limit: int = ECHO_CHARS) -> str:
+    """`repr(value)` for an error message, cut to `limit` characters with the original length named."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = len(value) if isinstance(value, (str, bytes)) else len(text)
+    return f"{text[:limit]}...({size} characters)"
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`message` cut to `limit` characters."""
+    return message if len(message) <= limit else message[: limit - 15] + "...(truncated)"
 
 
 class ServingError(Exception):
@@ -37,6 +65,7 @@ class ServingError(Exception):
     code: str = "internal"
 
     def __init__(self, message: str, *, field: str | None = None, **details: Any) -> None:
+        message = bounded(message)
         super().__init__(message)
         self.message = message
         self.field = field
@@ -77,6 +106,11 @@ class Gone(ClientError):
     http_status = 410
     grpc_code = grpc.StatusCode.NOT_FOUND
     code = "gone"
+
+
+class UnsupportedMediaType(ClientError):
+    http_status = 415
+    code = "unsupported_media_type"
 
 
 class Unauthorized(ClientError):

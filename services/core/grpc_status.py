@@ -39,6 +39,7 @@ from services.core.errors import (
     ServingError,
     Unauthorized,
     Unavailable,
+    bounded,
 )
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ async def abort(context: grpc.aio.ServicerContext, exc: ServingError) -> NoRetur
     trailing: tuple[tuple[str, str], ...] = ()
     if isinstance(exc, Overloaded):
         trailing = (("retry-after", str(max(1, round(exc.retry_after_s)))),)
-    await context.abort(exc.grpc_code, exc.message, trailing_metadata=trailing)
+    # bounded again: a handler may have edited the message after construction (errors.MAX_MESSAGE_CHARS)
+    await context.abort(exc.grpc_code, bounded(exc.message), trailing_metadata=trailing)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 

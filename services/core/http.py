@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -29,7 +31,15 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from services.core.connections import ConnectionLimits, bounded_protocol
-from services.core.errors import INTERNAL_MESSAGE, InvalidInput, Overloaded, PayloadTooLarge, ServingError
+from services.core.errors import (
+    INTERNAL_MESSAGE,
+    InvalidInput,
+    Overloaded,
+    PayloadTooLarge,
+    ServingError,
+    UnsupportedMediaType,
+    echo,
+)
 from services.core.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -82,6 +92,49 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     if body is None:
         raise InvalidInput("client disconnected before sending the whole body", field="body")
     return body
+
+
+# -- what a client sends beside the body -----------------------------------------------------
+
+JSON_ONLY = frozenset({"application/json"})
+"""Media types of a JSON API of this project's own (the apps' /predict): JSON, nothing else."""
+PROTOCOL_BODIES = frozenset({"application/json", "application/octet-stream", "application/x-www-form-urlencoded"})
+"""Media types the KServe V2 and TF Serving REST endpoints accept, as the reference servers do (they
+ignore Content-Type): JSON; octet-stream (Triton's binary tensor extension; aiohttp's default for
+bytes, used by tritonclient.http.aio); form-urlencoded, which is only `curl -d`'s default label on a
+JSON body (the protocols' documented examples send it). A missing Content-Type is accepted too
+(tritonclient.http sends none). Anything else (text/plain, multipart/form-data, ...) is refused."""
+
+
+def check_content_type(value: bytes | str | None, accepted: frozenset[str], *, missing_ok: bool = False) -> None:
+    """UnsupportedMediaType (415) unless `value`'s media type is in `accepted` or ends in `+json`
+    (when JSON is accepted); parameters such as `; charset=utf-8` are ignored."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if value is None or not value.strip():
+        if missing_ok:
+            return
+        raise UnsupportedMediaType(f"the request body needs 'Content-Type: {min(accepted)}'", field="Content-Type")
+    media = value.split(";", 1)[0].strip().lower()
+    if media in accepted or ("application/json" in accepted and media.startswith("application/")
+                             and media.endswith("+json")):
+        return
+    raise UnsupportedMediaType(f"Content-Type {echo(media)} is not supported; send the body as "
+                               f"{' or '.join(sorted(accepted))}", field="Content-Type")
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def client_request_id(given: bytes | str | None) -> str:
+    """The client's `x-request-id` when it is 1-128 characters of [A-Za-z0-9._:-], else a fresh id.
+    A malformed id is replaced, not refused: it only correlates logs, and the id in force is echoed
+    (header and body), so the client still learns which id its request ran under."""
+    if isinstance(given, bytes):
+        given = given.decode("latin-1")
+    if given and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
 
 
 def parse_json_object(raw: bytes | memoryview) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
-from services.core.errors import InvalidInput, NotFound, Unavailable
+from services.core.errors import MAX_NAME_CHARS, InvalidInput, NotFound, Unavailable
 from services.model_server.dispatch import Call, version_number
 from services.model_server.metadata import OUTPUTS, SERVER_NAME, SERVER_VERSION, cached_v2_metadata
 from services.model_server.repository import Registry
@@ -121,6 +121,8 @@ class InferenceServicer:
                 servable = call.resolve(version)
             except NotFound as exc:
                 raise _not_loaded(self.registry, name, exc) from None
+            if len(request.id) > MAX_NAME_CHARS:  # echoed in the answer
+                raise InvalidInput(f"id of {len(request.id)} characters is longer than {MAX_NAME_CHARS}", field="id")
             expected = servable.card.input.name
             inputs = request.inputs
             if len(inputs) != 1 or inputs[0].name != expected:

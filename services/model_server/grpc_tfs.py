@@ -29,7 +29,7 @@ import grpc
 import numpy as np
 from google.protobuf.descriptor import ServiceDescriptor
 
-from services.core.errors import InvalidInput, NotFound, PayloadTooLarge
+from services.core.errors import MAX_NAME_CHARS, InvalidInput, NotFound, PayloadTooLarge, echo
 from services.model_server.dispatch import Call
 from services.model_server.metadata import OUTPUTS
 from services.model_server.repository import Registry, Servable
@@ -68,8 +68,12 @@ def _version_choice(spec: Any) -> tuple[int | None, str | None]:
 
 
 def _check_signature(spec: Any) -> None:
-    if spec.signature_name not in ("", SIGNATURE):
-        raise InvalidInput(f"unknown signature_name {spec.signature_name!r}; the model has {SIGNATURE!r}",
+    name = spec.signature_name
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidInput(f"model_spec.signature_name of {len(name)} characters is longer than {MAX_NAME_CHARS}; "
+                           f"the model has {SIGNATURE!r}", field="model_spec.signature_name")
+    if name not in ("", SIGNATURE):
+        raise InvalidInput(f"unknown signature_name {echo(name)}; the model has {SIGNATURE!r}",
                            field="model_spec.signature_name")
 
 

@@ -25,7 +25,11 @@ TF Serving REST:
     GET  /v1/models/{m}[/versions/{v}|/labels/{l}]/metadata    signature_def
     POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict     {"instances": [...]} or {"inputs": ...}
 
-Errors are `{"error": "...", "code": "...", "field": "..."}` with 400 / 404 / 413 / 503 (+ Retry-After);
+Bodies are JSON (or Triton's binary extension); a Content-Type that is neither (text/plain,
+multipart/form-data, ...) gets 415 (`services.core.http.PROTOCOL_BODIES` lists what is accepted,
+including none). The request `id` (echoed in the answer) is a string of at most 256 characters.
+
+Errors are `{"error": "...", "code": "...", "field": "..."}` with 400 / 404 / 413 / 415 / 503 (+ Retry-After);
 the one place they become responses is `services.core.http` (`exception_response`). Inference goes
 through the shared path of every protocol, `services.model_server.dispatch`.
 """
@@ -43,9 +47,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from services.core.errors import InvalidInput, NotFound
+from services.core.errors import MAX_NAME_CHARS, InvalidInput, NotFound, echo
 from services.core.http import (
     EXCEPTION_HANDLERS,
+    PROTOCOL_BODIES,
+    check_content_type,
     exception_response,
     json_response,
     parse_json_object,
@@ -149,6 +155,14 @@ def _binary_input(binary: memoryview | None, size: Any, dtype: type, count: int,
     return np.frombuffer(binary[:size], dtype=dtype).reshape(shape)
 
 
+def v2_request_id(body: dict[str, Any]) -> None:
+    """The request's `id` is echoed in the answer: a string of at most MAX_NAME_CHARS, or absent."""
+    rid = body.get("id")
+    if rid is not None and (not isinstance(rid, str) or len(rid) > MAX_NAME_CHARS):
+        what = f"{len(rid)} characters" if isinstance(rid, str) else type(rid).__name__
+        raise InvalidInput(f'"id" must be a string of at most {MAX_NAME_CHARS} characters, got {what}', field="id")
+
+
 def v2_requested_outputs(body: dict[str, Any]) -> list[tuple[str, bool]]:
     """[(output name, as binary)] in request order; all outputs when none are named."""
     params = body.get("parameters")
@@ -188,7 +202,7 @@ def v2_response(servable: Servable, body: dict[str, Any], wanted: list[tuple[str
     payload: dict[str, Any] = {"model_name": servable.name, "model_version": servable.version_str}
     request_id = body.get("id")
     if request_id is not None:
-        payload["id"] = request_id
+        payload["id"] = request_id  # checked by v2_request_id
     payload["outputs"] = outputs
     header = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
@@ -296,12 +310,15 @@ def build_rest_app(registry: Registry, *, max_body_bytes: int, is_shutting_down=
         try:
             with Call(registry, "rest_v2", name) as call:
                 call.resolve(version, label)  # 404 before reading a body for an unknown model or version
-                declared = header_len = None
+                declared = header_len = content_type = None
                 for key, value in scope["headers"]:
                     if key == b"content-length":
                         declared = value
                     elif key == b"inference-header-content-length":
                         header_len = value
+                    elif key == b"content-type":
+                        content_type = value
+                check_content_type(content_type, PROTOCOL_BODIES, missing_ok=True)
                 raw = await receive_body(receive, declared, max_body_bytes)
                 if raw is None:
                     call.abandon()
@@ -319,6 +336,7 @@ def build_rest_app(registry: Registry, *, max_body_bytes: int, is_shutting_down=
                     body = parse_json_object(raw)
                 # Resolve again after the await: the version may have been swapped meanwhile.
                 servable = call.resolve(version, label)
+                v2_request_id(body)
                 array = v2_input_array(body, servable, binary)
                 wanted = v2_requested_outputs(body)
                 labels, probabilities = await call.infer(array, "inputs[0]")
@@ -385,10 +403,11 @@ def build_rest_app(registry: Registry, *, max_body_bytes: int, is_shutting_down=
     async def tf_predict(request: Request, name: str, version: int | None, label: str | None) -> Response:
         with Call(registry, "rest_v1", name) as call:
             call.resolve(version, label)  # 404 before reading a body
+            check_content_type(request.headers.get("content-type"), PROTOCOL_BODIES, missing_ok=True)
             body = parse_json_object(await read_body(request, max_body_bytes))
             signature = body.get("signature_name", "")
             if signature not in ("", "serving_default"):
-                raise InvalidInput(f"unknown signature_name {signature!r}; the model has 'serving_default'",
+                raise InvalidInput(f"unknown signature_name {echo(signature)}; the model has 'serving_default'",
                                    field="signature_name")
             servable = call.resolve(version, label)
             x, row_format = tf_input_array(body, servable)

@@ -303,13 +303,53 @@ def _check_sum(weights: Mapping[str, Any], where: str) -> None:
         raise ValueError(f"{where}: weights sum to {total:g}; they must sum to 100 (percent) or 1 (fractions)")
 
 
+MAX_YAML_DEPTH = 32
+"""Deepest nesting of mappings and sequences in a routing config (a real one nests about 5 deep)."""
+MAX_YAML_NODES = 100_000
+"""Most nodes a routing config may expand to, aliases counted as the nodes they repeat."""
+
+
+def _check_yaml_shape(source: str | bytes, origin: str) -> None:
+    """Refuse YAML nested deeper than MAX_YAML_DEPTH or expanding (through aliases) past MAX_YAML_NODES,
+    before it is built: PyYAML builds nodes recursively (RecursionError on ~1000 levels) and aliases
+    repeat whole subtrees without copying them (a few hundred bytes can stand for billions of nodes,
+    which validation would then walk). The event stream read here is not recursive."""
+    sizes: dict[str, int] = {}  # anchor -> nodes it stands for
+    stack: list[list[Any]] = [[0, None]]  # per open collection: [nodes inside, its anchor]
+    for event in yaml.parse(source, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            stack.append([0, event.anchor])
+            if len(stack) - 1 > MAX_YAML_DEPTH:
+                raise RoutingConfigError(f"{origin}: nested deeper than {MAX_YAML_DEPTH} levels; a routing config "
+                                         f"nests about 5", field="config")
+            continue
+        if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            inner, anchor = stack.pop()
+            size = inner + 1
+        elif isinstance(event, yaml.ScalarEvent):
+            size, anchor = 1, event.anchor
+        elif isinstance(event, yaml.AliasEvent):
+            size, anchor = sizes.get(event.anchor, 1), None
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = size
+        stack[-1][0] += size
+        if stack[-1][0] > MAX_YAML_NODES:
+            raise RoutingConfigError(f"{origin}: expands to more than {MAX_YAML_NODES} nodes (aliases counted as "
+                                     f"what they repeat)", field="config")
+
+
 def parse_config(source: str | bytes | Mapping[str, Any], origin: str = "config") -> RoutingConfig:
     """Validate YAML text (JSON is YAML too) or a parsed mapping; raise RoutingConfigError."""
     if isinstance(source, (str, bytes)):
         try:
+            _check_yaml_shape(source, origin)
             raw = yaml.safe_load(source)
         except yaml.YAMLError as exc:
             raise RoutingConfigError(f"{origin}: not valid YAML: {_yaml_problem(exc)}", field="config") from None
+        except RecursionError:  # a backstop: _check_yaml_shape bounds the depth first
+            raise RoutingConfigError(f"{origin}: nested too deeply", field="config") from None
     else:
         raw = source
     if not isinstance(raw, Mapping):

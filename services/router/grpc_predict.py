@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from services.core.errors import InvalidInput
+from services.core.errors import MAX_NAME_CHARS, InvalidInput
 from services.core.grpc_status import guard
 from services.protocols.tfs import predict_pb2
 from services.protocols.tfs.tensors import to_numpy
@@ -107,6 +107,9 @@ def _parse(table: RouteTable, raw: bytes, rid: str, key: str | None, override: s
         raise InvalidInput("the request is not a valid tensorflow.serving.PredictRequest message",
                            field="request") from None
     spec = message.model_spec
+    if len(spec.signature_name) > MAX_NAME_CHARS:  # refused here: it never reaches (nor counts against) a variant
+        raise InvalidInput(f"model_spec.signature_name of {len(spec.signature_name)} characters is longer than "
+                           f"{MAX_NAME_CHARS}", field="model_spec.signature_name")
     choice = spec.WhichOneof("version_choice")
     version = None if choice is None else str(spec.version.value) if choice == "version" else spec.version_label
     return PredictRequest(spec.name, version, rid, key, override, message)

@@ -320,13 +320,11 @@ class Cluster:
         self._say(f"network: {host.NODE_BRIDGE} {host.NODE_IP}, firewall table {' '.join(host.FIREWALL_TABLE)}")
         tokens = pki.make_pki(self.run_dir / "pki", host.NODE_IP, host.KUBERNETES_SERVICE_IP, host.CLUSTER_DOMAIN,
                               IDENTITIES)
-        (self.run_dir / "pki" / "tokens.json").write_text(json.dumps(tokens))
-        (self.run_dir / "pki" / "tokens.json").chmod(0o600)
+        pki.write_private(self.run_dir / "pki" / "tokens.json", json.dumps(tokens))
         for ident in IDENTITIES:
             path = self.run_dir / "kubeconfigs" / f"{ident.name}.kubeconfig"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(pki.kubeconfig(self.api_url, self.ca_file, ident.user, tokens[ident.name]))
-            path.chmod(0o600)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            pki.write_private(path, pki.kubeconfig(self.api_url, self.ca_file, ident.user, tokens[ident.name]))
         self._say("certificates and credentials (openssl)")
 
         self._start_etcd()
@@ -336,8 +334,7 @@ class Cluster:
         self._start_apiserver()
         self._wait("kube-apiserver /readyz", lambda: self.api_get("/readyz")[0] == 200, 60,
                    ["etcd", "kube-apiserver"])
-        self.kubeconfig.write_text((self.run_dir / "kubeconfigs" / "admin.kubeconfig").read_text())
-        self.kubeconfig.chmod(0o600)
+        pki.write_private(self.kubeconfig, (self.run_dir / "kubeconfigs" / "admin.kubeconfig").read_text())
         self._start_controller_manager()
         self._start_scheduler()
         importer.join(ClusterError)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 from dataclasses import dataclass
@@ -23,8 +24,20 @@ class Identity:
     groups: tuple[str, ...] = ()
 
 
+def write_private(path: Path, text: str) -> None:
+    """`text` into `path`, readable by its owner only from the first byte: a temporary file created
+    0600 (O_CREAT | O_EXCL, whatever the umask) beside it, then renamed over `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def _openssl(*args: str, cwd: Path) -> None:
-    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    # umask 077: a key openssl writes is never readable by others, not even before the chmod below
+    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, umask=0o077)
     if proc.returncode != 0:
         raise RuntimeError(f"openssl {' '.join(args[:3])} failed: {proc.stderr.strip()}")
 
@@ -72,8 +85,7 @@ def make_pki(pki: Path, node_ip: str, service_ip: str, cluster_domain: str,
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
     tokens = {i.name: secrets.token_hex(24) for i in identities}
     lines = [f'{tokens[i.name]},{i.user},{i.user},"{",".join(i.groups)}"' for i in identities]
-    (pki / "tokens.csv").write_text("\n".join(lines) + "\n")
-    (pki / "tokens.csv").chmod(0o600)
+    write_private(pki / "tokens.csv", "\n".join(lines) + "\n")
     return tokens
 
 
