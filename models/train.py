@@ -164,10 +164,15 @@ def _feature_stats(names: list[str], x: np.ndarray) -> list[dict]:
     ]
 
 
-def _write_holdout(path: Path, names: list[str], x32: np.ndarray, y: np.ndarray) -> None:
+def holdout_text(names: list[str], x32: np.ndarray, y: np.ndarray) -> str:
+    """The holdout CSV: a header of feature names and `label`, float32 values at full precision."""
     header = ",".join([*names, "label"])
     rows = [",".join([*(f"{v:.9g}" for v in row), str(int(label))]) for row, label in zip(x32, y, strict=True)]
-    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return header + "\n" + "\n".join(rows) + "\n"
+
+
+def _write_holdout(path: Path, names: list[str], x32: np.ndarray, y: np.ndarray) -> None:
+    path.write_text(holdout_text(names, x32, y))
 
 
 def build_version(
@@ -247,6 +252,14 @@ def build_version(
     # The card goes last: its presence marks a complete artifact.
     (out / "model-card.json").write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
     return card
+
+
+# The online trainer (services/trainer) exports and gates its candidates with these very functions,
+# so a version learned online passes the same parity and threshold gates as one trained here.
+export_onnx = _export
+check_parity = _check_parity
+holdout_metrics = _metrics
+feature_stats = _feature_stats
 
 
 def main(argv: list[str] | None = None) -> int:

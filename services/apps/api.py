@@ -4,7 +4,9 @@
                     {"instances": [[1.0, 2.0, ...], ...]}           rows in contract order
         200 {"request_id", "model_name", "model_version", "labels", "label_names",
              "probabilities", "out_of_range"}
-        400 bad input (body names the field), 413 too large, 503 not ready
+        400 bad input (body names the field), 413 too large, 415 not Content-Type: application/json,
+        503 not ready. `x-request-id`: the client's if it is 1-128 characters of [A-Za-z0-9._:-],
+        else a fresh one; echoed as a header and in the body either way.
     GET /healthz    the process is alive
     GET /readyz     200 once the backend can serve, else 503
     GET /metrics    Prometheus text format
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -27,7 +28,15 @@ from services.apps import metrics
 from services.apps.backend import Backend, ContractCache, PredictionSink
 from services.core.contract import RangePolicy
 from services.core.errors import InvalidInput, ServingError, Unavailable
-from services.core.http import EXCEPTION_HANDLERS, json_response, parse_json_object, read_body
+from services.core.http import (
+    EXCEPTION_HANDLERS,
+    JSON_ONLY,
+    check_content_type,
+    client_request_id,
+    json_response,
+    parse_json_object,
+    read_body,
+)
 from services.core.http import metrics as metrics_endpoint
 
 
@@ -40,6 +49,7 @@ def build_app(
     range_policy: RangePolicy,
     range_margin: float,
     sinks: tuple[PredictionSink, ...] = (),
+    extra_routes: tuple[Route, ...] = (),
 ) -> Starlette:
     contracts = ContractCache(max_batch_size=max_batch_size, range_policy=range_policy, range_margin=range_margin)
     served: set[tuple[str, int]] = set()
@@ -56,12 +66,13 @@ def build_app(
 
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = client_request_id(request.headers.get("x-request-id"))
         card = backend.card if backend.ready else None
         model_name = card.name if card else "unknown"
         try:
             if card is None:
                 raise Unavailable("model not loaded yet; retry once /readyz answers 200")
+            check_content_type(request.headers.get("content-type"), JSON_ONLY)
             body = parse_json_object(await read_body(request, max_body_bytes))
             if "instances" not in body:
                 raise InvalidInput('request body needs "instances": a list of rows', field="instances")
@@ -129,6 +140,7 @@ def build_app(
             Route("/readyz", readyz),
             Route("/model", model),
             Route("/metrics", metrics_endpoint),
+            *extra_routes,  # e.g. POST /feedback (services/apps/feedback.py)
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

@@ -26,6 +26,8 @@ from typing import Any
 from pydantic import NonNegativeFloat
 
 from services.apps.api import build_app
+from services.apps.backend import PredictionSink
+from services.apps.feedback import FeedbackLog
 from services.apps.hotswap import HotSwapBackend, version_builder
 from services.apps.prediction_log import PredictionLog
 from services.core.errors import ServingError
@@ -36,7 +38,7 @@ from services.core.runtime import RuntimeOptions
 from services.core.settings import ModelSettings, settings_config
 from services.kafka import messages
 from services.kafka.follower import follow_models_topic, reference_card
-from services.kafka.topics import MODEL_EVENTS, MODELS, PREDICTIONS, SCORING_PARTITIONS
+from services.kafka.topics import LABELS, MODEL_EVENTS, MODELS, PREDICTIONS, SCORING_PARTITIONS
 
 log = logging.getLogger(__name__)
 APP_NAME = "streaming"
@@ -82,6 +84,11 @@ class StreamingSettings(ModelSettings):
     """Include the input rows in prediction events (else only their sha256)."""
     events_buffer: int = 1_000
     """model-events records buffered while the broker is slow or absent."""
+    feedback: bool = False
+    """Serve POST /feedback: labels of answered requests go to labels_topic, for the online trainer
+    (services/apps/feedback.py). Pair it with prediction_log and prediction_log_inputs."""
+    labels_topic: str = LABELS
+    """Topic POST /feedback writes labels to (keyed by request id)."""
     accept_demo_material: bool = False
     """Take versions whose card says they failed the quality gate as exempt demo material (rollback demos).
     Off: such a version is refused (`gate`); a version that failed its gate otherwise is refused always."""
@@ -98,12 +105,18 @@ def create_app(settings: StreamingSettings) -> Any:
         reference=reference_card(settings.model_repository, settings.model_name, settings.contract_card),
         events_buffer=settings.events_buffer, accept_demo_material=settings.accept_demo_material)
     backend = HotSwapBackend(follower)
-    sinks: tuple[PredictionLog, ...] = ()
+    sinks: tuple[PredictionSink, ...] = ()
+    log_servers = settings.prediction_log_bootstrap_servers or settings.bootstrap_servers
     if settings.prediction_log:
-        sinks = (PredictionLog(settings.prediction_log_bootstrap_servers or settings.bootstrap_servers,
-                             settings.predictions_topic, app=APP_NAME,
-                             buffer_size=settings.prediction_log_buffer, include_inputs=settings.prediction_log_inputs,
-                             topic_partitions=SCORING_PARTITIONS),)
+        sinks = (PredictionLog(log_servers, settings.predictions_topic, app=APP_NAME,
+                               buffer_size=settings.prediction_log_buffer,
+                               include_inputs=settings.prediction_log_inputs, topic_partitions=SCORING_PARTITIONS),)
+    extra_routes = ()
+    if settings.feedback:
+        feedback = FeedbackLog(log_servers, settings.labels_topic, source=APP_NAME,
+                               buffer_size=settings.prediction_log_buffer)
+        sinks = (*sinks, feedback)
+        extra_routes = (feedback.route(backend),)
     app: Any = build_app(
         backend,
         app_name=APP_NAME,
@@ -112,6 +125,7 @@ def create_app(settings: StreamingSettings) -> Any:
         range_policy=settings.range_policy,
         range_margin=settings.range_margin,
         sinks=sinks,
+        extra_routes=extra_routes,
     )
     app.state.backend = backend
     return app

@@ -8,6 +8,10 @@
 | `scoring-results`  | 4          | delete  | request id   | JSON result                                   |
 | `scoring-dlq`      | 4          | delete  | request id   | JSON: the refused record and the reason       |
 | `predictions`      | 4          | delete  | request id   | JSON prediction event (`prediction_log.py`)   |
+| `labels`           | 4          | delete  | request id   | JSON label for an answered request (`labels.py`) |
+| `labels-dlq`       | 1          | delete  | request id   | JSON: a label the trainer could not use, and why |
+| `trainer-state`    | 1          | compact | model name   | JSON: the online trainer's committed offsets and lineage |
+| `trainer-events`   | 1          | delete  | model name   | JSON: each online candidate and its gate verdict |
 
 Every name is configurable (each service's settings), so tests give each test its own topics.
 Topics are created on first use with the configuration above (a topic that already exists is
@@ -36,6 +40,10 @@ SCORING_REQUESTS = "scoring-requests"
 SCORING_RESULTS = "scoring-results"
 SCORING_DLQ = "scoring-dlq"
 PREDICTIONS = "predictions"
+LABELS = "labels"
+LABELS_DLQ = "labels-dlq"
+TRAINER_STATE = "trainer-state"
+TRAINER_EVENTS = "trainer-events"
 
 # Model files travel as single messages, so brokers and topics must accept far more than Kafka's
 # 1 MiB default; the local broker (services/stack/kafka_broker.py) is started with this limit.
@@ -57,6 +65,10 @@ class TopicSpec:
 
 def models_topic(name: str = MODELS) -> TopicSpec:
     return TopicSpec(name, 1, {"cleanup.policy": "compact", "max.message.bytes": str(MAX_MESSAGE_BYTES)})
+
+
+def compacted_topic(name: str) -> TopicSpec:
+    return TopicSpec(name, 1, {"cleanup.policy": "compact"})
 
 
 def plain_topic(name: str, partitions: int = 1) -> TopicSpec:
