@@ -93,7 +93,7 @@ def test_chunked_oversized_body_is_refused_without_content_length(app_url):
             yield b"x" * 1000
         yield b'"}'
 
-    r = httpx.post(f"{app_url}/predict", content=chunks())
+    r = httpx.post(f"{app_url}/predict", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["field"] == "body"
 
 
