@@ -19,6 +19,8 @@ help:
 	@echo "make bench-serving         benchmark every way of serving side by side -> reports/serving.md"
 	@echo "make bench-router          router overhead per policy -> reports/router.md"
 	@echo "make bench-kafka           model swap latency, stream-scoring throughput -> reports/kafka.md"
+	@echo "make loadtest PATTERN=bandit [USERS=8 DURATION=30s HOST=url]  Locust -> reports/loadtests/<run>/"
+	@echo "make compare               every way of serving under Locust -> reports/comparison.md (~15 min)"
 	@echo "make bench-supervisor      sequential vs fixed-interval canary analysis (simulated) -> reports/supervisor.md"
 	@echo "make fuzz                  property-based fuzzing of real servers, 20x make test's cases (tests/fuzz)"
 	@echo "make chaos                 fault runs under load (kills, broker outages, soak) -> reports/reliability.md"
@@ -120,6 +122,24 @@ bench-router: setup models
 # Model-as-data swap latency and stream-scoring throughput on the real broker -> reports/kafka.md.
 bench-kafka: setup models kafka-fetch
 	@$(PY) -m loadtests.bench_kafka $(BENCH_ARGS)
+
+# Headless Locust against a pattern: its local stack (brought up if needed, taken down after) or HOST=<url>
+# (a cluster's ingress or port-forward; host:port of the Kafka bootstrap for stream-scoring), with the
+# client's own ceiling measured in the same run -> reports/loadtests/<run>/ (Locust CSVs, HTML, summary.json).
+# HOST counts only when given on the command line (some shells export HOST as the machine's name).
+.PHONY: loadtest compare
+USERS ?= 8
+DURATION ?= 30s
+LOADTEST_ARGS ?=
+loadtest: setup models kafka-fetch
+	@$(PY) -m loadtests.run --pattern $(PATTERN) --users $(USERS) --duration $(DURATION) \
+		$(if $(filter command line,$(origin HOST)),--host $(HOST)) $(LOADTEST_ARGS)
+
+# One run, one machine: real-time vs batched, pattern vs pattern, bandit and canary over time, all under
+# Locust -> reports/comparison.md + PNGs (~15 min on 2 cores; COMPARE_ARGS=--quick: ~3 min smoke).
+COMPARE_ARGS ?=
+compare: setup models kafka-fetch
+	@$(PY) -m loadtests.compare $(COMPARE_ARGS)
 
 # Sequential analysis vs a Flagger-like fixed-interval analysis, simulated (seconds) -> reports/supervisor.md.
 .PHONY: bench-supervisor

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import locust.runners
+import locust.stats
 from locust import LoadTestShape, events
 from locust.runners import MasterRunner, WorkerRunner
 
@@ -103,6 +105,20 @@ def _add_options(parser) -> None:
     group.add_argument("--ceiling", action="store_true",
                        help="send the same requests to a trivial endpoint (loadtests/ceiling.py); no checks")
     group.add_argument("--summary-json", default="", help="write the run's summary JSON to this path")
+    group.add_argument("--percentile-window", type=float, default=10.0,
+                       help="seconds of the current p50/p99 in the CSV history (Locust's default 10; a ramp "
+                            "shorter stages wants less, so a stage's percentiles are its own)")
+
+
+# Worker processes report to the master every second (Locust's default is 3 s): the CSV history of a
+# ramp then has a fresh total per second, so a stage's requests/s is measured, not interpolated.
+locust.runners.WORKER_REPORT_INTERVAL = 1.0
+
+
+@events.init.add_listener
+def _percentile_window(environment, **_kwargs) -> None:
+    window = option(environment, "percentile_window", 10.0)
+    locust.stats.CURRENT_RESPONSE_TIME_PERCENTILE_WINDOW = max(1, int(window))
 
 
 def options_of(environment) -> Any:

@@ -11,8 +11,8 @@ What one run does:
 1. **The target.** With `--host`, that host (a cluster's ingress or a port-forward; for
    stream-scoring the Kafka bootstrap servers). Otherwise the local stack: the pattern's running
    stack (`make up`, `.run/endpoints.json`) if it is this pattern, else started here
-   (`services.stack.runner.start_stack`, logs in `.run/loadtest-logs/`) and stopped afterwards,
-   its Kafka broker too.
+   (`start_pattern`: logs in `.run/loadtest-logs/`, routed configs and admin token in
+   `.run/loadtest/`) and stopped afterwards, its Kafka broker too.
 2. **The users.** The pattern's way in (`ENDPOINTS`): the app's `/predict` (embedded,
    model-as-service, model-as-data), the router's KServe V2 (shadow, canary, ab-test, bandit;
    rewards fed back for bandit and ab-test, true labels for canary), stream scoring over Kafka;
@@ -130,7 +130,7 @@ class LoadSpec:
             argv += ["--ceiling", "-u", str(self.peak_users), "-r", str(self.peak_users), "-t", f"{ceiling_s:g}s"]
         elif self.profile == "ramp":
             argv += ["--load-profile", "ramp", "--ramp-users", ",".join(map(str, self.ramp_users)),
-                     "--stage-s", f"{self.stage_s:g}"]
+                     "--stage-s", f"{self.stage_s:g}", "--percentile-window", f"{max(2, self.stage_s // 2):g}"]
         else:
             argv += ["-u", str(self.users), "-r", str(self.users), "-t", f"{self.duration_s:g}s"]
         return [*argv, self.user_class]
@@ -265,6 +265,29 @@ def running_stack(pattern: str) -> dict | None:
     return state["endpoints"]
 
 
+def start_pattern(pattern: str, log_dir: Path = LOG_DIR) -> PatternStack:
+    """Start a pattern's processes in order (stopped again if one fails). Routed patterns keep their
+    generated config, state and admin token in `.run/loadtest/`, so a `make up` stack's are left alone."""
+    from services.stack.patterns import PATTERNS
+    from services.stack.routed import ROUTED_PATTERNS, routed_pattern
+
+    stack = routed_pattern(pattern, RUN_DIR / "loadtest") if pattern in ROUTED_PATTERNS else PATTERNS[pattern]()
+    started = []
+    try:
+        for proc in stack.processes:
+            proc.start(log_dir)
+            started.append(proc)
+            proc.wait_ready(120)
+    except BaseException:
+        for proc in reversed(started):
+            proc.stop()
+        from services.stack.runner import _stop_broker
+
+        _stop_broker(stack.extra)
+        raise
+    return stack
+
+
 def stop_stack(stack: PatternStack) -> None:
     from services.stack.runner import _stop_broker
 
@@ -362,10 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         if endpoints:
             log(f"using the running {args.pattern} stack (.run/endpoints.json)")
         else:
-            from services.stack.runner import start_stack
-
             log(f"starting the {args.pattern} stack (logs in {LOG_DIR.relative_to(REPO_ROOT)}/)")
-            stack = start_stack(args.pattern, LOG_DIR)
+            stack = start_pattern(args.pattern)
             endpoints = stack.endpoints
     try:
         if endpoint not in endpoints:
