@@ -10,6 +10,7 @@
     GET  /shadow/summary           shadow comparison (REST and gRPC mirrors alike)
     GET  /admin/routing            the config in force with its version (ETag)        bearer token
     PUT  /admin/routing            replace it (YAML or JSON; If-Match: <version>)       bearer token
+    GET  /admin/inputs             the input tap's sampled rows per variant (tap.py)    bearer token
 
 The admin token comes from ROUTER_ADMIN_TOKEN or ROUTER_ADMIN_TOKEN_FILE (re-read per call, so a
 rotated Secret applies at once); without one the admin API answers 403 'disabled'.
@@ -203,7 +204,19 @@ def routes(dispatcher: Dispatcher, control: Control, settings: RouterSettings,
         result = control.admin_put(raw, request.headers.get("if-match"))
         return json_response(result, headers={"ETag": f'"{result["version"]}"'})
 
+    async def admin_inputs(request: Request) -> Response:
+        check_admin(settings, request.headers.get("authorization"))
+        raw_limit = request.query_params.get("limit")
+        try:
+            limit = int(raw_limit) if raw_limit is not None else None
+        except ValueError:
+            limit = None
+        if raw_limit is not None and (limit is None or limit < 1):
+            raise InvalidInput(f"limit: expected a positive whole number of rows, got {raw_limit!r}", field="limit")
+        return json_response(dispatcher.tap.read(request.query_params.get("variant"), limit))
+
     return [
+        Route("/admin/inputs", admin_inputs),
         Route("/feedback", feedback, methods=["POST"]),
         Route("/experiments/{name}", experiment_report),
         Route("/policy", policy),

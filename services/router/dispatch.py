@@ -45,6 +45,7 @@ from services.router.policies import RouteRequest, UnknownVariantError
 from services.router.quality import Quality
 from services.router.shadow import Outputs, ShadowMirror
 from services.router.table import RouteTable, Variant
+from services.router.tap import InputTap
 from services.router.tokens import TokenCodec
 from services.router.upstream import UpstreamError
 
@@ -119,6 +120,8 @@ class Dispatcher:
         self.pending = PendingStore(ttl_s=3600.0, max_pending=100_000)
         self.mirrors = ShadowMirror(self.detector, queue_size=1000, workers=4, timeout_s=None, sample_rate=1.0)
         self.quality = Quality()
+        self.tap = InputTap()
+        """Sampled inputs per variant for the supervisor's drift check (off unless configured)."""
         self.mirrors.on_outputs = self._shadow_outputs
         self.dirty = False
         """Something the state file keeps changed since it was last written."""
@@ -197,6 +200,7 @@ class Dispatcher:
             self.dirty = True
             labels = None
             if answer.status < 300:
+                self.tap.offer(served.name, request)
                 outputs = upstream.outputs(answer.body)
                 if outputs is not None and outputs[0]:
                     labels = tuple(outputs[0])

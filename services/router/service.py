@@ -19,6 +19,7 @@ from services.router.control import Control
 from services.router.dispatch import Dispatcher
 from services.router.feedback_log import FeedbackLog
 from services.router.settings import RouterSettings
+from services.router.tap import InputTap
 from services.router.tokens import TokenCodec, key_source
 from services.router.upstream import Pools
 
@@ -31,6 +32,7 @@ class Router:
         self.pools = Pools(connect_timeout_s=settings.connect_timeout_s, max_idle=settings.upstream_max_idle,
                            idle_timeout_s=settings.upstream_idle_timeout_s)
         self.dispatcher = Dispatcher()
+        self.dispatcher.tap = InputTap(settings.input_tap_rows, settings.input_tap_sample_rate)
         self.control = Control(settings, self.dispatcher, self.pools)
         key = settings.token_key.get_secret_value() if settings.token_key is not None else None
         keys, self.token_key_source = key_source(key, settings.token_key_file)

@@ -42,6 +42,11 @@ class RouterSettings(ServiceSettings, GrpcServerSettings):
     """Write a config accepted by `PUT /admin/routing` back to the routing config file (atomic
     rename), so file and router agree. A read-only file (a ConfigMap) is left alone and the
     config is kept in the state file instead."""
+    input_tap_rows: int = Field(default=0, ge=0, le=100_000)
+    """Requests whose inputs are kept per variant for drift checks (`GET /admin/inputs`, read by
+    the supervisor's input_drift rule); a ring, bounded in memory. 0 turns the tap off."""
+    input_tap_sample_rate: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Share of answered requests offered to the input tap."""
     state_file: Path | None = Path(".run/router-state.json")
     """JSON file holding policy state (bandit statistics, A/B counts), pending rewards and the
     config version, so a restart loses nothing. Empty turns persistence off."""

@@ -39,6 +39,7 @@ from . import metrics, scrape
 from .actions import WRITES, ApplyResult, RouterAdmin, RouterUnavailable, Routing, RoutingStore, apply_action
 from .analysis import INITIAL_MODE, candidate_weight, evaluate, resume
 from .decisions import Action, Decision, RolloutState
+from .inputs import POOLED, InputDrift, InputsUnavailable, Reference, drift_from_sample, fetch_inputs, finite
 from .rules import Evidence, json_safe
 from .settings import SupervisorSettings
 from .spec import RolloutSpec, parse_spec
@@ -48,12 +49,12 @@ log = logging.getLogger("services.supervisor")
 STATE_FORMAT = 1
 
 
-UNSUPPORTED_METRICS = {
-    "input_drift": "the service has no live-input source yet (prediction log with inputs, or a sampled tap): "
-                   "the rule is left out rather than holding every rollout as inconclusive",
-}
-"""Rule metrics the service cannot feed yet -> why; such rules are dropped at load, logged, and
-listed in /status and in every decision record (``skipped_rules``)."""
+UNSUPPORTED_METRICS: dict[str, str] = {}
+"""Rule metrics the service cannot feed -> why; such rules are dropped at load, logged, and listed
+in /status and in every decision record (``skipped_rules``). None today: input_drift reads the
+router's input tap, and is left out per check (with the reason) only while the tap is off."""
+TAP_OFF = ("the router's input tap is off (ROUTER_INPUT_TAP_ROWS=0), so there are no live inputs to compare "
+           "with the training bins: the rule is left out rather than holding every rollout as inconclusive")
 
 
 def load_spec(path: Path, interval_s: float | None = None) -> tuple[RolloutSpec, list[dict[str, str]]]:
@@ -120,6 +121,14 @@ class Supervisor:
         self.settings = settings
         self.spec = spec
         self.skipped_rules = list(skipped_rules or [])
+        self._static_skipped = list(self.skipped_rules)
+        self._drift_rules = [r for r in spec.rules if r.metric == "input_drift"]
+        self._spec_without_drift = spec.model_copy(update={"rules": [r for r in spec.rules
+                                                                     if r.metric != "input_drift"]})
+        self._reference = Reference(settings.model_repository)
+        self.drift: InputDrift | None = None
+        self.drift_report = None
+        """The pooled input drift report of the last check (the dashboard's drift panel)."""
         self.clock = clock
         self.emitter = emitter
         self.state: RolloutState | None = None
@@ -350,7 +359,17 @@ class Supervisor:
             evidence = Evidence(stable, candidate)
             self.interval = {"stable": stable, "candidate": candidate}
 
-        result = evaluate(self.spec, self.state, evidence, now)
+        spec = self.spec
+        if routing is not None:
+            self.drift = await self._read_drift(routing, now)
+            self.drift_report = self.drift.pooled
+            evidence = replace(evidence, drift=self.drift.pooled)
+            if not self.drift.enabled and self._drift_rules:
+                spec = self._spec_without_drift
+        tap_off = self.drift is not None and not self.drift.enabled
+        self.skipped_rules = self._static_skipped + (
+            [{"rule": r.rule_name, "metric": r.metric, "why": TAP_OFF} for r in self._drift_rules] if tap_off else [])
+        result = evaluate(spec, self.state, evidence, now)
         decision, next_state = result.decision, result.state
         action = decision.action
         if action.kind in WRITES and action.weights is not None:
@@ -398,6 +417,38 @@ class Supervisor:
         record = self._record(decision, applied, routing, intended=action if decision.action is not action else None)
         return record
 
+    async def _read_drift(self, routing: Routing, now: float) -> InputDrift:
+        """The router's input tap against the candidate's training bins; the gauges set."""
+        try:
+            sample = await fetch_inputs(self._client, self.settings.token())
+        except InputsUnavailable as exc:
+            return InputDrift(enabled=True, problem=str(exc))
+        if not sample.get("enabled"):
+            return InputDrift(enabled=False, problem=TAP_OFF)
+        variant = (routing.config.get("variants") or {}).get(self.spec.candidate) or {}
+        model = variant.get("model") or routing.config.get("model")
+        version = variant.get("version")
+        if not isinstance(model, str) or not isinstance(version, int):
+            return InputDrift(enabled=True, problem=f"the candidate's model and version are not in the routing config "
+                                                    f"(model {model!r}, version {version!r})")
+        try:
+            card, reference = await asyncio.to_thread(self._reference.get, model, version)
+        except Exception as exc:  # a missing or invalid card: no reference, say so
+            return InputDrift(enabled=True, problem=f"no training reference for {model} v{version}: {exc}")
+        observed = float(sample.get("observed_at") or now)
+        drift = await asyncio.to_thread(drift_from_sample, sample, card, reference, observed_at=observed)
+        rollout = self.spec.name
+        for name, rows in drift.rows.items():
+            metrics.INPUT_ROWS.labels(rollout, name).set(rows)
+        reports = {**drift.by_variant, **({POOLED: drift.pooled} if drift.pooled is not None else {})}
+        for name, report in reports.items():
+            metrics.INPUT_PSI.labels(rollout, name, "overall").set(report.overall_psi)
+            for f in report.features:
+                metrics.INPUT_PSI.labels(rollout, name, f.name).set(f.psi)
+                if finite(f.ks_statistic):
+                    metrics.INPUT_KS.labels(rollout, name, f.name).set(f.ks_statistic)
+        return drift
+
     def _not_started(self, now: float, problem: str) -> Decision:
         return Decision(
             rollout=self.spec.name, kind=self.spec.kind, mode=INITIAL_MODE[self.spec.kind], check=0, at=now,
@@ -420,6 +471,10 @@ class Supervisor:
             "config_version": routing.version if routing else None,
             "weights_in_force": routing.weights() if routing else None,
             "interval": {role: figures(w) for role, w in (self.interval or {}).items()},
+            "input_drift": None if self.drift is None else {
+                "tap": self.drift.enabled, "rows": self.drift.rows, "problem": self.drift.problem,
+                "overall_psi": self.drift.pooled.overall_psi if self.drift.pooled else None,
+                "feature": self.drift.pooled.overall_feature if self.drift.pooled else None},
         })
         rollout = self.spec.name
         metrics.DECISIONS.labels(rollout, decision.action.kind, decision.verdict).inc()

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from services.core.settings import ServiceSettings, settings_config
+from services.core.settings import DEFAULT_MODEL_REPOSITORY, ServiceSettings, settings_config
 
 DECISIONS_TOPIC = "supervisor-decisions"
 
@@ -50,6 +50,9 @@ class SupervisorSettings(ServiceSettings):
     `decisions_topic`, keyed by the rollout name."""
     decisions_topic: str = DECISIONS_TOPIC
     """Kafka topic of the decision records."""
+    model_repository: Path = DEFAULT_MODEL_REPOSITORY
+    """Model repository holding the candidate's model card (training bins per feature) and holdout
+    set: the reference of the input drift watch (the router's input tap, `GET /admin/inputs`)."""
     actuator: Literal["router-api", "configmap"] = "router-api"
     """Where decisions are written. router-api: the router's `PUT /admin/routing` with If-Match.
     configmap: the router's routing ConfigMap through the Kubernetes API server (resourceVersion

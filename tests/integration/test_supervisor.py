@@ -78,16 +78,16 @@ class Stack:
         self.supervisor: ServiceProcess | None = None
         self.url = ""
 
-    def start_router(self) -> None:
+    def start_router(self, **env: str) -> None:
         self.router, self.router_url = router_process(self.config_path, self.tmp / "router-state.json",
-                                                      token_file=self.token_file)
+                                                      token_file=self.token_file, **env)
         self.start(self.router)
 
-    def start_supervisor(self, **spec: Any) -> None:
+    def start_supervisor(self, env: dict[str, str] | None = None, **spec: Any) -> None:
         if spec or not self.spec_path.exists():
             self.spec_path.write_text(yaml.safe_dump({**SPEC, **spec}, sort_keys=False))
         self.supervisor, self.url = supervisor_process(self.spec_path, self.router_url, token_file=self.token_file,
-                                                       state_path=self.state_path)
+                                                       state_path=self.state_path, **(env or {}))
         self.start(self.supervisor)
 
     def status(self) -> dict[str, Any]:
@@ -120,7 +120,10 @@ class Stack:
 class Traffic:
     """Requests through the router (one holdout row each, fresh user ids) with the true label fed back."""
 
-    def __init__(self, router_url: str, rows: list[tuple[list[float], int]], feedback: bool = True) -> None:
+    def __init__(self, router_url: str, rows: list[tuple[list[float], int]], feedback: bool = True,
+                 scale: float = 1.0) -> None:
+        if scale != 1.0:  # shifted inputs: every feature multiplied (drift)
+            rows = [([v * scale for v in row], label) for row, label in rows]
         self.url, self.rows, self.feedback = router_url, rows, feedback
         self.stop_event = threading.Event()
         self.sent = 0
@@ -288,3 +291,113 @@ def test_restarted_supervisor_resumes_at_its_step(stack: Stack, rows) -> None:
     after = [d for d in decisions if d["check"] > checks]
     assert after and all(d["action"]["kind"] not in ("start", "restart") for d in after)
     assert [a[1] for a in _actions(decisions)] == [10.0, 30.0, 60.0, 100.0]
+
+
+# --- input drift: the router's input tap against the candidate's training bins ----------------------------
+
+TAP = {"ROUTER_INPUT_TAP_ROWS": "600"}
+DRIFT_RULE = {"metric": "input_drift", "threshold": 0.25, "warn": 0.1, "min_samples": 150}
+
+
+def test_shifted_inputs_block_promotion_on_the_input_psi_rule(stack: Stack, rows) -> None:
+    stack.start_router(**TAP)
+    stack.start_supervisor(rules=[*SPEC["rules"], DRIFT_RULE])
+    with Traffic(stack.router_url, rows, scale=1.2):
+        blocked = stack.wait("a check blocked by input drift", lambda: [
+            d for d in stack.decisions() if d["verdict"] == "blocked"
+            and (d.get("observed", {}).get("input_drift") or {}).get("rows", {}).get("all", 0) >= 150])
+        time.sleep(3 * SPEC["bake_s"])  # well past the bake time: still held at the first step
+        status = stack.status()
+    record = blocked[-1]
+    drift = {r["rule"]: r for r in record["rules"]}["input_drift"]
+    assert drift["verdict"] == "fail" and drift["candidate_value"] >= 0.25, drift
+    assert drift["details"]["feature"] and drift["candidate_n"] >= 150, drift
+    assert record["action"]["kind"] == "hold", record["explanation"]
+    assert "input_drift" in record["explanation"] or "input PSI" in record["explanation"], record["explanation"]
+    assert status["phase"] == "running" and status["step_index"] == 0 and status["candidate_weight"] == 10.0
+    assert all(d["action"]["kind"] not in ("step", "promote") for d in stack.decisions())
+    assert not status["skipped_rules"]
+    # Per-variant and pooled gauges, per feature.
+    metrics = httpx.get(f"{stack.url}/metrics", timeout=5).text
+    pooled = [ln for ln in metrics.splitlines()
+              if ln.startswith('supervisor_input_psi{feature="overall",rollout="bc-test",variant="all"}')]
+    assert pooled and float(pooled[0].split()[-1]) >= 0.25, pooled
+    assert 'supervisor_input_psi{feature="mean radius",rollout="bc-test",variant="stable"}' in metrics
+    assert 'supervisor_input_ks{feature="mean radius",rollout="bc-test",variant="all"}' in metrics
+
+
+def test_unshifted_inputs_pass_the_input_psi_rule_and_promote(stack: Stack, rows) -> None:
+    stack.start_router(**TAP)
+    stack.start_supervisor(rules=[*SPEC["rules"], DRIFT_RULE])
+    with Traffic(stack.router_url, rows):
+        stack.wait("promotion", lambda: stack.status()["phase"] == "promoted")
+    promote = [d for d in stack.decisions() if d["action"]["kind"] == "promote"][0]
+    drift = {r["rule"]: r for r in promote["rules"]}["input_drift"]
+    assert drift["verdict"] == "pass" and drift["candidate_value"] < 0.25 and drift["candidate_n"] >= 150, drift
+
+
+def test_input_drift_rule_left_out_with_the_reason_when_the_tap_is_off(stack: Stack, rows) -> None:
+    stack.start_router()  # ROUTER_INPUT_TAP_ROWS defaults to 0
+    stack.start_supervisor(rules=[*SPEC["rules"], DRIFT_RULE])
+    with Traffic(stack.router_url, rows):
+        stack.wait("promotion", lambda: stack.status()["phase"] == "promoted")
+    skipped = stack.status()["skipped_rules"]
+    assert [s["metric"] for s in skipped] == ["input_drift"] and "input tap is off" in skipped[0]["why"], skipped
+    assert all("input_drift" not in {r["rule"] for r in d["rules"]} for d in stack.decisions())
+
+
+# --- a candidate made to fail ----------------------------------------------------------------------------
+
+
+def test_candidate_made_to_fail_is_rolled_back_naming_the_error_rate(tmp_path, servers, start_service, rows) -> None:
+    from services.stack.process import free_port
+
+    # The candidate's model server is gone (nothing listens on its port): every call to it fails,
+    # the router answers from the fallback, and counts the candidate's failed attempts.
+    dead = {**servers, "candidate": f"http://127.0.0.1:{free_port()}"}
+    stack = Stack(tmp_path, dead, start_service)
+    # Without outlier ejection every request the policy sends to the candidate tries it (and fails
+    # over), so the evidence grows with the traffic instead of arriving in bursts between ejections.
+    config = yaml.safe_load(stack.config_path.read_text())
+    config["outlier_detection"] = {"enabled": False}
+    stack.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    stack.start_router()
+    stack.start_supervisor()
+    with Traffic(stack.router_url, rows) as traffic:
+        stack.wait("rollback", lambda: stack.status()["phase"] == "rolled_back")
+    assert traffic.sent > 0
+    rollback = [d for d in stack.decisions() if d["action"]["kind"] == "rollback"][0]
+    assert rollback["apply"]["status"] == "applied" and rollback["verdict"] == "fail"
+    rejected = [s for s in rollback["sequential"] if s["rejected"]]
+    failing = [r for r in rollback["rules"] if r["verdict"] == "fail"]
+    assert rejected or failing, rollback["explanation"]
+    named = rejected[0]["test"] if rejected else failing[0]["rule"]
+    assert named == "error_rate", rollback["explanation"]
+    values = rejected[0] if rejected else failing[0]
+    assert values["candidate_value"] > values["stable_value"], values
+    assert "error rate" in rollback["explanation"] or "error_rate" in rollback["explanation"]
+    assert stack.routing()["config"]["policy"]["params"]["weights"] == {"stable": 100.0, "candidate": 0.0}
+
+
+# --- decisions on the real Kafka broker ----------------------------------------------------------------------
+
+
+def test_every_decision_is_produced_to_kafka(stack: Stack, rows, kafka_bootstrap_servers: str) -> None:
+    import uuid
+
+    from services.stack.kafka_tools import json_values, read_topic
+
+    topic = f"supervisor-decisions-{uuid.uuid4().hex[:8]}"
+    stack.start_router()
+    stack.start_supervisor(env={"SUPERVISOR_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap_servers,
+                                "SUPERVISOR_DECISIONS_TOPIC": topic})
+    with Traffic(stack.router_url, rows):
+        stack.wait("promotion", lambda: stack.status()["phase"] == "promoted")
+    served = stack.decisions()
+    records = read_topic(kafka_bootstrap_servers, topic,
+                         until=lambda got: len(got) >= len(served), max_polls=240)
+    assert {r.key for r in records} == {b"bc-test"}
+    produced = json_values(records)
+    assert [d["check"] for d in produced][:len(served)] == [d["check"] for d in served]
+    assert produced[:len(served)] == served  # the same records, evidence and apply results included
+    assert produced[-1]["action"]["kind"] in ("promote", "none")
