@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from services.apps.backend import Backend, BackendResult, PredictionSink
 from services.core.errors import InvalidInput, Unavailable
-from services.core.http import json_response, parse_json_object, read_body
+from services.core.http import JSON_ONLY, check_content_type, json_response, parse_json_object, read_body
 from services.kafka import labels as label_records
 from services.kafka.emitter import BackgroundEmitter
 from services.kafka.topics import LABELS, SCORING_PARTITIONS, plain_topic
@@ -64,6 +64,7 @@ class FeedbackLog(PredictionSink):
         async def feedback(request: Request) -> Response:
             if not backend.ready:
                 raise Unavailable("model not loaded yet; labels are checked against its classes")
+            check_content_type(request.headers.get("content-type"), JSON_ONLY)
             body = parse_json_object(await read_body(request, MAX_FEEDBACK_BYTES))
             request_id, values = parse_feedback(body, backend.card.classes)
             if not self.emitter.offer(self.topic, request_id.encode(),
