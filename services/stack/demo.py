@@ -2,12 +2,15 @@
 
 For each pattern: start its processes (as `make up` does), send every holdout row as its own
 request over a keep-alive connection, compare answers with the holdout labels, report accuracy
-and latency, and stop the processes again, even on failure.
+and latency, and stop the processes again, even on failure. A line per scenario says how far
+the tour is (elapsed time); the end points at the live dashboard, `make loadtest` and the
+comparison report.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -61,15 +64,25 @@ def print_table(rows: list[Row]) -> None:
 
 def main() -> int:
     rows, failed = [], 0
-    for title, scenario in SCENARIOS:
-        print(f"== {title}", flush=True)
+    t0 = time.perf_counter()
+    for i, (title, scenario) in enumerate(SCENARIOS, 1):
+        s0 = time.perf_counter()
+        print(f"[{s0 - t0:6.1f}s] ({i}/{len(SCENARIOS)}) {title} ...", flush=True)
         try:
             rows.append(scenario())
+            print(f"[{time.perf_counter() - t0:6.1f}s]        done in {time.perf_counter() - s0:.1f}s", flush=True)
         except Exception as exc:  # a failed scenario is reported, the others still run
             failed += 1
-            print(f"   FAILED: {exc}", file=sys.stderr)
+            print(f"[{time.perf_counter() - t0:6.1f}s]        FAILED: {exc}", file=sys.stderr, flush=True)
     print()
     print_table(rows)
+    print()
+    print(f"{len(rows)} scenarios in {time.perf_counter() - t0:.0f}s" + (f", {failed} FAILED" if failed else ""))
+    print("Next:")
+    print("  live dashboard  make up PATTERN=canary, then open the `dashboard` URL it prints (the supervisor's page:")
+    print("                  traffic, accuracy and weights per variant, the rollout's decisions)")
+    print("  load test       make loadtest PATTERN=bandit   (Locust, headless -> reports/loadtests/<run>/)")
+    print("  the comparison  reports/comparison.md: real-time vs batched, pattern vs pattern (make compare)")
     return 1 if failed else 0
 
 
