@@ -22,6 +22,7 @@ help:
 	@echo "make loadtest PATTERN=bandit [USERS=8 DURATION=30s HOST=url]  Locust -> reports/loadtests/<run>/"
 	@echo "make compare               every way of serving under Locust -> reports/comparison.md (~15 min)"
 	@echo "make bench-supervisor      sequential vs fixed-interval canary analysis (simulated) -> reports/supervisor.md"
+	@echo "make bench-online          concept drift: static vs online-learning accuracy over time -> reports/online-learning.md"
 	@echo "make fuzz                  property-based fuzzing of real servers, 20x make test's cases (tests/fuzz)"
 	@echo "make chaos                 fault runs under load (kills, broker outages, soak) -> reports/reliability.md"
 	@echo "make models | lint | status | clean"
@@ -145,6 +146,11 @@ compare: setup models kafka-fetch
 .PHONY: bench-supervisor
 bench-supervisor: setup
 	@$(PY) -m loadtests.bench_supervisor $(BENCH_ARGS)
+
+# Concept drift, static v1 vs the online trainer's cycle code (in process, ~20 s) -> reports/online-learning.md + PNG.
+.PHONY: bench-online
+bench-online: setup models
+	@$(PY) -m services.trainer bench-drift
 
 lint: setup
 	@$(PY) -m ruff check services models loadtests tests
