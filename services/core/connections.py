@@ -37,6 +37,10 @@ _HEADERS_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-
                         b"content-length: " + str(len(_HEADERS_TOO_LARGE_BODY)).encode()
                       + b"\r\nconnection: close\r\n\r\n" + _HEADERS_TOO_LARGE_BODY)
 
+_MALFORMED_BODY = b'{"error":"malformed HTTP request (request line or headers)","code":"bad_request","field":"request"}'
+_MALFORMED = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: "
+              + str(len(_MALFORMED_BODY)).encode() + b"\r\nconnection: close\r\n\r\n" + _MALFORMED_BODY)
+
 
 @dataclass(frozen=True)
 class ConnectionLimits:
@@ -100,11 +104,11 @@ def bounded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 raise ValueError("request head too large")  # uvicorn answers a parser error via send_400_response
 
         def send_400_response(self, msg: str) -> None:
+            # uvicorn's answer to a request httptools cannot parse (a DEL in a header value, a bad request
+            # line ...) is plain text; every other error here is JSON.
             self._cancel_head_timer()
-            if not self._head_too_large:
-                super().send_400_response(msg)
-            elif not self.transport.is_closing():
-                self.transport.write(_HEADERS_TOO_LARGE)
+            if not self.transport.is_closing():
+                self.transport.write(_HEADERS_TOO_LARGE if self._head_too_large else _MALFORMED)
                 self.transport.close()
 
         def on_headers_complete(self) -> None:

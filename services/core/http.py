@@ -26,6 +26,7 @@ import orjson
 import uvicorn
 import uvloop
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
@@ -159,9 +160,24 @@ async def _handle(request: Request, exc: Exception) -> Response:
     return exception_response(exc, request.url.path)
 
 
+_ROUTING_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (no route: 404, wrong method: 405) as JSON errors like every other,
+    instead of its plain-text "Not Found" (clients and fuzzers expect `{"error": ...}`)."""
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    what = "no such endpoint" if status == 404 else f"method {request.method} not allowed here"
+    return json_response({"error": f"{what}: {request.method} {request.url.path[:200]}",
+                          "code": _ROUTING_CODES.get(status, "http_error"), "field": "path"},
+                         status, headers=exc.headers)
+
+
 # Both keys: Starlette routes ServingError (any status) through its exception middleware and
 # everything else through its server-error middleware; both end in `exception_response`.
-EXCEPTION_HANDLERS = {ServingError: _handle, Exception: _handle}
+# HTTPException: Starlette's routing answers (404, 405).
+EXCEPTION_HANDLERS = {ServingError: _handle, HTTPException: _routing_error, Exception: _handle}
 
 
 async def metrics(_: Request) -> Response:

@@ -25,6 +25,10 @@ def settings_config(prefix: str) -> SettingsConfigDict:
 
 
 class ServiceSettings(BaseSettings):
+    # Read the field docstrings here too (each service's own config repeats it for its fields), so the
+    # shared fields carry their descriptions into the chart's values.schema.json.
+    model_config = SettingsConfigDict(use_attribute_docstrings=True, extra="ignore")
+
     host: str = "127.0.0.1"
     """Address to bind. 127.0.0.1 locally; 0.0.0.0 in a container."""
     port: int = 8080
@@ -51,6 +55,8 @@ class ServiceSettings(BaseSettings):
 
 class GrpcServerSettings(BaseSettings):
     """Bounds on a gRPC server's connections, for the services that run one (model server, router)."""
+
+    model_config = SettingsConfigDict(use_attribute_docstrings=True, extra="ignore")
 
     grpc_max_concurrent_streams: int = Field(default=256, ge=1)
     """Most concurrent calls (HTTP/2 streams) on one gRPC connection; a client queues the rest."""

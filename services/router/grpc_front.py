@@ -1,6 +1,6 @@
 """The router's gRPC port (ROUTER_GRPC_PORT): one server hosting every gRPC codec.
 
-    tensorflow.serving.PredictionService   grpc_predict.py (TF Serving API: Predict)
+    tensorflow.serving.PredictionService   grpc_predict.py (TF Serving API: Predict, GetModelMetadata)
     inference.GRPCInferenceService         grpc_oip.py (Open Inference Protocol / KServe V2 gRPC)
 
 Each codec registers its methods as bytes-in, bytes-out handlers (no message parsing beyond what

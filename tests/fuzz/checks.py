@@ -64,12 +64,8 @@ def _nesting(raw: bytes) -> int:
 KNOWN_FINDINGS: dict[str, Callable[[httpx.Response], bool]] = {
     # name -> does this response show it. Each has a strict-xfail regression in test_findings.py: when its
     # owner fixes it, that test XPASSes (and fails), and the entry here is deleted with it.
-    "plain-text 404/405 for an unrouted path or method": lambda r: (
-        r.status_code in (404, 405) and r.content in (b"Not Found", b"Method Not Allowed")),
     "router: 500 on deeply nested JSON feedback": lambda r: (
         r.request.url.path == "/feedback" and r.status_code == 500 and _nesting(r.request.content) > 1000),
-    "router: 500 on deeply nested YAML routing config": lambda r: (
-        r.request.url.path == "/admin/routing" and r.status_code == 500 and _nesting(r.request.content) >= 900),
 }
 
 

@@ -21,16 +21,12 @@ def assert_json_error(r: httpx.Response, *statuses: int) -> None:
     assert isinstance(body.get("error"), str) and body["error"]
 
 
-@pytest.mark.xfail(strict=True, reason="plain-text 404/405 (Starlette default) on unrouted paths and methods - "
-                                       "fix owned by model server REST (services/model_server/rest.py)")
 @pytest.mark.parametrize(("method", "path", "status"), [("GET", "/", 404), ("GET", "/v3", 404),
                                                         ("PUT", "/v2/models/breast-cancer", 405)])
 def test_model_server_unrouted_answers_json(model_server: Server, method: str, path: str, status: int) -> None:
     assert_json_error(httpx.request(method, model_server.rest + path, timeout=30), status)
 
 
-@pytest.mark.xfail(strict=True, reason="plain-text 404/405 (Starlette default) on unrouted paths and methods - "
-                                       "fix owned by apps (services/apps/api.py)")
 @pytest.mark.parametrize(("method", "path", "status"), [("GET", "/", 404), ("GET", "/predict", 405)])
 def test_apps_unrouted_answers_json(apps: Apps, method: str, path: str, status: int) -> None:
     assert_json_error(httpx.request(method, apps.embedded + path, timeout=30), status)
@@ -45,9 +41,6 @@ def test_router_feedback_deep_json_is_a_400(router: RouterStack) -> None:
     assert_json_error(r, 400)
 
 
-@pytest.mark.xfail(strict=True, reason="deeply nested YAML on PUT /admin/routing: RecursionError -> 500 "
-                                       "(depth 1000), connection reset (depth 5000) - fix owned by router "
-                                       "(services/router/config.py parse_config)")
 @pytest.mark.parametrize("depth", [1000, 5000])
 def test_router_admin_deep_yaml_is_a_400(router: RouterStack, depth: int) -> None:
     r = httpx.put(router.url + "/admin/routing", content=b"a: " + b"[" * depth + b"]" * depth, timeout=30,
@@ -55,18 +48,12 @@ def test_router_admin_deep_yaml_is_a_400(router: RouterStack, depth: int) -> Non
     assert_json_error(r, 400, 413)
 
 
-@pytest.mark.xfail(strict=True, reason="DEL (0x7F) in a header value: uvicorn's h11 refuses it with a plain-text "
-                                       "'Invalid HTTP request received.' before the app runs - fix owned by "
-                                       "core HTTP (services/core/http.py serving settings)")
 def test_del_in_a_header_value_answers_json(router: RouterStack) -> None:
     r = httpx.post(router.url + "/v2/models/breast-cancer/infer", content=b"{}", timeout=30,
                    headers={"x-request-id": b"a\x7fb"})
     assert_json_error(r, 400)
 
 
-@pytest.mark.xfail(strict=True, reason="the router's gRPC front does not serve TF Serving GetModelMetadata "
-                                       "(UNIMPLEMENTED), the model server does - fix owned by router "
-                                       "(services/router/grpc_front.py)")
 def test_router_grpc_front_serves_tfs_metadata(router: RouterStack) -> None:
     with grpc.insecure_channel(router.grpc) as ch:
         g.unary(ch, g.METADATA)(g.metadata_request_valid().SerializeToString())

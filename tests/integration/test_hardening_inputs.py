@@ -262,3 +262,31 @@ def test_model_server_v2_id_is_bounded(servers):
         assert r.status_code == 400 and r.json()["field"] == "id", r.text
     r = httpx.post(target, json={**v2_body(ROW), "id": "req-1"}, timeout=60)
     assert r.status_code == 200 and r.json()["id"] == "req-1"
+
+
+# -- found on the way: TF Serving GetModelMetadata on the router's gRPC port ----------------------
+
+
+def test_router_grpc_front_serves_tf_serving_metadata_from_the_variant(router):
+    from services.protocols.tfs import get_model_metadata_pb2
+    from services.router.grpc_predict import GET_MODEL_METADATA
+
+    _, grpc_port = router
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        call = channel.unary_unary(
+            GET_MODEL_METADATA, request_serializer=get_model_metadata_pb2.GetModelMetadataRequest.SerializeToString,
+            response_deserializer=get_model_metadata_pb2.GetModelMetadataResponse.FromString)
+
+        def ask(version: int | None) -> get_model_metadata_pb2.GetModelMetadataResponse:
+            spec = model_pb2.ModelSpec(name="breast-cancer")
+            if version is not None:
+                spec.version.value = version
+            return call(get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec,
+                                                                         metadata_field=["signature_def"]), timeout=30)
+
+        assert ask(None).model_spec.version.value == 1  # the fallback (stable) answers
+        reply = ask(2)  # the version pins the variant serving it
+        assert reply.model_spec.version.value == 2 and "signature_def" in reply.metadata
+        with pytest.raises(grpc.RpcError) as err:
+            ask(7)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "not routed here" in err.value.details()
