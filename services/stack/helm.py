@@ -156,6 +156,7 @@ CHART_MANAGED = {
                                   "admin_writes_config", "state_file"},
     "services.kafka.scoring": _COMMON | _MODEL | {"bootstrap_servers", "signing_key_file"},
     "services.supervisor": _COMMON | {"router_url", "admin_token", "admin_token_file", "rollout_spec", "state_file",
+                                      "model_repository",
                                       "actuator", "routing_configmap", "routing_configmap_namespace",
                                       "routing_configmap_key", "kubeconfig"},
 }

@@ -307,7 +307,7 @@ workloads:
 {{- $w := .w -}}
 {{- $v := $root.Values -}}
 {{- $s := dict "host" "0.0.0.0" "port" (index $w.ports 0).port "log_level" $v.logLevel "shutdown_grace_s" $v.shutdownGraceSeconds -}}
-{{- if not (has $w.kind (list "router" "supervisor")) -}}
+{{- if ne $w.kind "router" -}}
 {{- $_ := set $s "model_repository" (include "sp.modelRepository" $root) -}}
 {{- end -}}
 {{- if has $w.kind (list "app" "scoring") -}}
