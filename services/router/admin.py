@@ -200,7 +200,7 @@ def routes(dispatcher: Dispatcher, control: Control, settings: RouterSettings,
         if request.method == "GET":
             table = control.table
             return json_response(table.describe(), headers={"ETag": f'"{table.version}"'})
-        raw = await _read_text(request, settings.max_body_bytes)
+        raw = await _read_text(request, settings.admin_max_body_bytes)
         result = control.admin_put(raw, request.headers.get("if-match"))
         return json_response(result, headers={"ETag": f'"{result["version"]}"'})
 

@@ -38,6 +38,8 @@ class RouterSettings(ServiceSettings, GrpcServerSettings):
     admin_token_file) the admin API answers 403 'disabled'."""
     admin_token_file: Path | None = None
     """File holding the admin bearer token (a mounted Secret); used when admin_token is empty."""
+    admin_max_body_bytes: int = Field(default=65_536, ge=1024)
+    """Largest routing config `PUT /admin/routing` accepts (413 above it); a real one is a few kB."""
     admin_writes_config: bool = True
     """Write a config accepted by `PUT /admin/routing` back to the routing config file (atomic
     rename), so file and router agree. A read-only file (a ConfigMap) is left alone and the
