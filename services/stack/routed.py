@@ -172,6 +172,8 @@ def routed_pattern(pattern: str, run_dir: Path = RUN_DIR, *, rollout_spec: Path 
         state_path.unlink(missing_ok=True)  # a fresh stack starts a fresh experiment
         grpc_port = free_port()
         env = {"ROUTER_GRPC_PORT": str(grpc_port), **shared}
+        if pattern in SUPERVISED_PATTERNS:
+            env["ROUTER_INPUT_TAP_ROWS"] = "2000"  # live inputs for the supervisor's input_drift rule
         if replicas > 1:
             env["ROUTER_REPLICA_ID"] = f"router-{i}"
         router, router_url = router_process(config_path, state_path, name=f"router{suffix}", token_file=token_file,

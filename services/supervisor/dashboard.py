@@ -106,8 +106,9 @@ def drift_view(supervisor: Any) -> dict[str, Any]:
         return {"connected": True, **data}
     why = next((r.get("why") for r in getattr(supervisor, "skipped_rules", []) if r.get("metric") == "input_drift"),
                None)
-    return {"connected": False,
-            "why": why or "no live-input source is configured for the supervisor, so input drift is not computed"}
+    drift = getattr(supervisor, "drift", None)
+    why = why or (drift.problem if drift is not None else None)
+    return {"connected": False, "why": why or "the router's input sample has not been read yet"}
 
 
 def compact_decision(record: dict[str, Any]) -> dict[str, Any]:
