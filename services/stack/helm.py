@@ -153,7 +153,9 @@ CHART_MANAGED = {
     "services.apps.streaming": _COMMON | _MODEL | {"bootstrap_servers", "signing_key_file"},
     "services.model_server": _COMMON | {"model_repository", "grpc_port"},
     "services.router": _COMMON | {"routing_config", "grpc_port", "admin_token", "admin_token_file",
-                                  "admin_writes_config", "state_file"},
+                                  "admin_writes_config", "state_file", "token_key", "token_key_file",
+                                  "feedback_token", "kafka_bootstrap_servers", "feedback_topic",
+                                  "feedback_topic_partitions"},
     "services.kafka.scoring": _COMMON | _MODEL | {"bootstrap_servers", "signing_key_file"},
     "services.supervisor": _COMMON | {"router_url", "admin_token", "admin_token_file", "rollout_spec", "state_file",
                                       "model_repository",
@@ -397,11 +399,19 @@ def values_schema() -> dict:
             "modelServer": block("services.model_server", {"port": port, "grpcPort": port},
                                  "More MODEL_SERVER_ settings by field name."),
             "router": _strict({
-                "replicas": replicas, "port": port, "grpcPort": {"type": "integer", "minimum": 0, "maximum": 65535},
+                "replicas": {**replicas, "type": ["integer", "string"], "pattern": "^auto$", "description": (
+                    "Router pods, or auto: 2 for bandit and ab-test when Kafka is available, else 1. Several "
+                    "pods of bandit or ab-test need Kafka (the feedback topic).")},
+                "port": port, "grpcPort": {"type": "integer", "minimum": 0, "maximum": 65535},
                 "resources": resources,
                 "settings": _strict(settable_settings("services.router"), required=[],
                                     description="More ROUTER_ settings by field name."),
                 "adminToken": _strict({"existingSecret": name, "key": key}),
+                "tokenKey": _strict({"existingSecret": name, "key": key}, description=(
+                    "Secret holding the key that signs request ids (feedback tokens), shared by every router pod.")),
+                "feedback": _strict({"topic": {"type": "string", "pattern": "^[a-zA-Z0-9._-]{1,249}$"},
+                                     "partitions": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                                    description="The feedback topic the router pods share (several pods only)."),
                 "persistence": _strict({"enabled": {"type": "boolean"}, "existingClaim": name, "size": size,
                                         "storageClass": {"type": "string"}}),
                 "autoscaling": autoscaling}),

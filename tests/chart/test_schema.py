@@ -107,7 +107,9 @@ def test_broken_values_are_refused_with_a_message(major, case):
 TEMPLATE_REFUSALS = [
     ("canary", ("routing.config.policy.params.weights.stable=90",), "weights sum to 95; they must sum to 100"),
     ("model-as-data", ("kafka.enabled=false",), "needs Kafka: set kafka.bootstrapServers"),
-    ("bandit", ("router.replicas=2",), "needs exactly one router replica"),
+    ("bandit", ("router.replicas=2",), "with router.replicas > 1 (or router.autoscaling) needs Kafka"),
+    ("ab-test", ("router.replicas=2", "kafka.enabled=true", "routing.config.policy.params.count_by=assignments"),
+     "needs routing.config.policy.params.count_by=outcomes"),
     ("canary", ("routing.config.policy.params.weights.third=0",), "names \"third\", which is not a variant"),
     ("shadow", ("router.persistence.enabled=true", "router.replicas=2"), "router.persistence.enabled needs"),
 ]

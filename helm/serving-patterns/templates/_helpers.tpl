@@ -145,7 +145,25 @@ it then runs as its own ServiceAccount (templates/serviceaccount.yaml, superviso
 {{- end -}}
 
 {{- define "sp.usesKafka" -}}
-{{- if has .Values.pattern (list "model-as-data" "stream-scoring") }}true{{ end -}}
+{{- if or (has .Values.pattern (list "model-as-data" "stream-scoring")) (include "sp.routerSharesFeedback" .) }}true{{ end -}}
+{{- end -}}
+
+{{/* Several router pods (router.replicas > 1 or autoscaling) share rewards and outcomes through
+the feedback topic on Kafka (services/router/feedback_log.py): always for bandit and ab-test
+(their policies learn from feedback), for shadow and canary when Kafka is available. */}}
+{{- define "sp.routerSharesFeedback" -}}
+{{- if and (include "sp.routed" .) (eq .Values.routing.provider "router") (or (gt (int (include "sp.routerReplicas" .)) 1) .Values.router.autoscaling.enabled) (or (has .Values.pattern (list "ab-test" "bandit")) .Values.kafka.enabled .Values.kafka.bootstrapServers) }}true{{ end -}}
+{{- end -}}
+
+{{/* Router pods: router.replicas, or for "auto" 2 for bandit and ab-test if Kafka is available, else 1. */}}
+{{- define "sp.routerReplicas" -}}
+{{- if ne (toString .Values.router.replicas) "auto" -}}
+{{- .Values.router.replicas -}}
+{{- else if and (has .Values.pattern (list "ab-test" "bandit")) (or .Values.kafka.enabled .Values.kafka.bootstrapServers) -}}
+2
+{{- else -}}
+1
+{{- end -}}
 {{- end -}}
 
 {{/* Model messages signed with the release's key: model-as-data, and stream-scoring workers that
@@ -171,11 +189,16 @@ follow the models topic (scoring.settings.follow_models). A publisher Job then p
 {{- define "sp.stateDir" -}}/var/run/serving-patterns{{- end -}}
 {{- define "sp.routingDir" -}}/etc/serving-patterns/routing{{- end -}}
 {{- define "sp.adminTokenDir" -}}/var/run/secrets/serving-patterns/router-admin{{- end -}}
+{{- define "sp.tokenKeyDir" -}}/var/run/secrets/serving-patterns/router-token-key{{- end -}}
 {{- define "sp.rolloutDir" -}}/etc/serving-patterns/rollout{{- end -}}
 {{- define "sp.signingKeyDir" -}}/var/run/secrets/serving-patterns/model-signing{{- end -}}
 
 {{- define "sp.adminTokenSecret" -}}
 {{- .Values.router.adminToken.existingSecret | default (include "sp.resourceName" (list . "router-admin")) -}}
+{{- end -}}
+
+{{- define "sp.tokenKeySecret" -}}
+{{- .Values.router.tokenKey.existingSecret | default (include "sp.resourceName" (list . "router-token-key")) -}}
 {{- end -}}
 
 {{- define "sp.signingKeySecret" -}}
@@ -218,6 +241,10 @@ names: {{ toJson $names }}
 {{/* The merged routing config as a dict (JSON), URLs not yet rewritten. */}}
 {{- define "sp.routingMerged" -}}
 {{- $base := include "sp.routingSource" . | fromYaml -}}
+{{- if and (eq $base.policy.kind "ab") (include "sp.routerSharesFeedback" .) -}}
+{{- /* Each router pod counts only its own assignments; outcomes are shared (feedback topic). */ -}}
+{{- $_ := set (index $base.policy "params") "count_by" "outcomes" -}}
+{{- end -}}
 {{- $merged := mergeOverwrite (deepCopy $base) (deepCopy (.Values.routing.config | default dict)) -}}
 {{- toJson $merged -}}
 {{- end -}}
@@ -346,6 +373,13 @@ workloads:
 {{- /* The routing file is a read-only ConfigMap: changes made through PUT /admin/routing are kept
        in the state file; the ConfigMap (helm upgrade) stays the source of truth. */ -}}
 {{- $_ := set $s "admin_writes_config" false -}}
+{{- /* Request ids are feedback tokens signed with a key every replica shares (services/router/tokens.py). */ -}}
+{{- $_ := set $s "token_key_file" (printf "%s/%s" (include "sp.tokenKeyDir" $root) $v.router.tokenKey.key) -}}
+{{- if include "sp.routerSharesFeedback" $root -}}
+{{- $_ := set $s "kafka_bootstrap_servers" (include "sp.kafkaBootstrap" $root) -}}
+{{- $_ := set $s "feedback_topic" $v.router.feedback.topic -}}
+{{- $_ := set $s "feedback_topic_partitions" $v.router.feedback.partitions -}}
+{{- end -}}
 {{- end -}}
 {{- if eq $w.kind "supervisor" -}}
 {{- $_ := set $s "router_url" (printf "http://%s:%v" (include "sp.svcHost" (list $root "router")) $v.router.port) -}}
@@ -378,13 +412,16 @@ workloads:
 {{- if and (has $v.pattern (list "ab-test" "bandit")) (ne $v.routing.provider "router") -}}
 {{- fail (printf "pattern %s needs routing.provider=router, not %s: A/B tests and bandits keep per-request assignments, feedback (POST /feedback) and policy state in the project's router; Gateway API and Istio can only split traffic by weight" $v.pattern $v.routing.provider) -}}
 {{- end -}}
+{{- if and (include "sp.routerSharesFeedback" .) (not $v.kafka.enabled) (not $v.kafka.bootstrapServers) -}}
+{{- fail (printf "pattern %s with router.replicas > 1 (or router.autoscaling) needs Kafka: the replicas share rewards and outcomes through the feedback topic; set kafka.bootstrapServers to an existing cluster or kafka.enabled=true, or router.replicas=1" $v.pattern) -}}
+{{- end -}}
 {{- if and (include "sp.usesKafka" .) (not $v.kafka.enabled) (not $v.kafka.bootstrapServers) -}}
 {{- fail (printf "pattern %s needs Kafka: set kafka.bootstrapServers to an existing cluster (host:port,...) or kafka.enabled=true for a single-node demo broker" $v.pattern) -}}
 {{- end -}}
-{{- if and (has $v.pattern (list "ab-test" "bandit")) (eq $v.routing.provider "router") (or (gt (int $v.router.replicas) 1) $v.router.autoscaling.enabled) -}}
-{{- fail (printf "pattern %s needs exactly one router replica (router.replicas=1, router.autoscaling.enabled=false): the policy state and the decisions awaiting feedback live in the router process" $v.pattern) -}}
+{{- if and (eq $v.pattern "ab-test") (include "sp.routerSharesFeedback" .) (ne (((include "sp.routingMerged" . | fromJson).policy.params | default dict).count_by | default "assignments") "outcomes") -}}
+{{- fail "ab-test with several router replicas needs routing.config.policy.params.count_by=outcomes: each replica counts only its own assignments, while outcomes are shared through the feedback topic" -}}
 {{- end -}}
-{{- if and $v.router.persistence.enabled (or (gt (int $v.router.replicas) 1) $v.router.autoscaling.enabled) -}}
+{{- if and $v.router.persistence.enabled (or (gt (int (include "sp.routerReplicas" .)) 1) $v.router.autoscaling.enabled) -}}
 {{- fail "router.persistence.enabled needs router.replicas=1 and no autoscaling: the state file is one ReadWriteOnce volume" -}}
 {{- end -}}
 {{- if include "sp.routed" . -}}
