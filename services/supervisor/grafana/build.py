@@ -161,8 +161,17 @@ def build() -> dict[str, Any]:
     g.panel("timeseries", "Predicted labels",
             [target(rate("router_predicted_labels_total", by="variant, label"), "{{variant}} label {{label}}")],
             unit="reqps", w=8)
-    g.text("Input drift", "Input-drift gauges are not exported yet (the supervisor has no live-input source): "
-                          "see services/supervisor/README.md. The supervisor's own dashboard page says the same.")
+    g.panel("timeseries", "Input drift: largest PSI (pooled and per variant)",
+            [target(f'max by (variant) (supervisor_input_psi{{{R},feature="overall"}})', "{{variant}}")], w=8,
+            min=0, description="Live inputs (the router's input tap) against the candidate's training bins: the "
+                               "largest per-feature PSI. variant=all pools every variant's rows (the input_drift "
+                               "rule's figure). Warn 0.1, block 0.25 by default.")
+    g.panel("timeseries", "Input drift PSI per feature (pooled)",
+            [target(f'max by (feature) (supervisor_input_psi{{{R},variant="all",feature!="overall"}})',
+                    "{{feature}}")], w=8, min=0)
+    g.panel("timeseries", "Input drift KS per feature (pooled)",
+            [target(f'max by (feature) (supervisor_input_ks{{{R},variant="all"}})', "{{feature}}")], w=8, min=0,
+            max=1, description="Two-sample KS statistic of the live inputs against the holdout set.")
 
     g.row("Variant $variant", repeat="variant")
     one = 'variant=~"$variant"'
