@@ -121,6 +121,13 @@ def _f(x: float | None, digits: int = 0) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
+def _ms(x: float | None) -> str:
+    """Locust keeps response times in whole milliseconds below 100 ms: 0 means under a millisecond."""
+    if x is None:
+        return "-"
+    return "<1" if x < 1 else f"{x:,.0f}"
+
+
 def _bound(flag: bool | None) -> str:
     return " (client-bound)" if flag else ""
 
@@ -169,21 +176,21 @@ def what_to_choose(r: dict) -> list[str]:
         return sat[k]["rows_per_s"] if sat.get(k) else None
 
     if "rest" in modes and "grpc" in modes:
-        out.append(f"**One answer per request, now** (a user waits): real-time serving, p50 {_f(low['rest'], 1)} ms "
-                   f"(REST) / {_f(low['grpc'], 1)} ms (gRPC) at one user; REST peaked at {_f(rows('rest'))} and gRPC "
+        out.append(f"**One answer per request, now** (a user waits): real-time serving, p50 {_ms(low['rest'])} ms "
+                   f"(REST) / {_ms(low['grpc'])} ms (gRPC) at one user; REST peaked at {_f(rows('rest'))} and gRPC "
                    f"at {_f(rows('grpc'))} rows/s here.")
     if "dynamic" in modes:
         out.append(f"**Many small concurrent requests you cannot group yourself**: dynamic batching on the server "
                    f"({_f(rows('dynamic'))} rows/s at saturation vs {_f(rows('rest'))} without; p50 at one user "
-                   f"{_f(low['dynamic'], 1)} ms).")
+                   f"{_ms(low['dynamic'])} ms).")
     if "client-batch" in modes:
         out.append(f"**The caller already has many rows** (a page, a file, a job): send them in one request; "
                    f"{_f(rows('client-batch'))} rows/s with {modes['client-batch']['rows']}-row requests, "
-                   f"at p50 {_f(low['client-batch'], 1)} ms per request at one user.")
+                   f"at p50 {_ms(low['client-batch'])} ms per request at one user.")
     if "stream-batch" in modes:
         out.append(f"**Throughput over latency, decoupled producer and consumer** (events, backfills): stream scoring "
                    f"over Kafka; {_f(rows('stream-batch'))} rows/s with multi-row records and "
-                   f"{_f(rows('stream-one'))} with one-row records, at p50 {_f(low['stream-batch'], 0)} ms request to "
+                   f"{_f(rows('stream-one'))} with one-row records, at p50 {_ms(low['stream-batch'])} ms request to "
                    "result: tens of milliseconds, never one.")
     pats = {p["key"]: p for p in r.get("patterns", [])}
     if "embedded" in pats and "model-as-service" in pats:
@@ -196,7 +203,7 @@ def what_to_choose(r: dict) -> list[str]:
 
 
 def _stage_cells(stages: list[dict], ceiling: float | None) -> list[str]:
-    return [f"{s['users']}: {_f(s['rps'])} req/s, p50 {_f(s['p50_ms'])} / p99 {_f(s['p99_ms'])} ms"
+    return [f"{s['users']}: {_f(s['rps'])} req/s, p50 {_ms(s['p50_ms'])} / p99 {_ms(s['p99_ms'])} ms"
             + ("**" if client_bound(s["rps"], ceiling) else "") for s in stages]
 
 
@@ -233,7 +240,8 @@ def markdown(r: dict, charts: Iterable[str] = ()) -> str:
     lines += ["", "## Real-time vs dynamic batching vs client-side batches vs stream scoring", "",
               "Each mode walks the same step ramp (closed-loop users; stream scoring keeps "
               f"{r.get('kafka_window', 8)} records in flight per user). Saturation = the stage with the most "
-              "requests/s; low-load latency = the one-user stage.", "",
+              "requests/s; low-load latency = the one-user stage. Latencies are Locust's, in whole milliseconds "
+              "below 100 ms (`<1`: under a millisecond).", "",
               "| mode | rows/request | rows/s at saturation (users) | req/s there | p50 / p99 at 1 user | "
               "p50 / p99 at saturation | client ceiling req/s | accuracy |",
               "|---|---|---|---|---|---|---|---|"]
@@ -244,8 +252,8 @@ def markdown(r: dict, charts: Iterable[str] = ()) -> str:
         lines.append(
             f"| {m['label']} | {m['rows']} | {_f(sat['rows_per_s'] if sat else None)} ({sat['users'] if sat else '-'})"
             f"{_bound(bound)} | {_f(sat['rps'] if sat else None)} | "
-            f"{_f(one['p50_ms'] if one else None, 0)} / {_f(one['p99_ms'] if one else None, 0)} ms | "
-            f"{_f(sat['p50_ms'] if sat else None, 0)} / {_f(sat['p99_ms'] if sat else None, 0)} ms | "
+            f"{_ms(one['p50_ms'] if one else None)} / {_ms(one['p99_ms'] if one else None)} ms | "
+            f"{_ms(sat['p50_ms'] if sat else None)} / {_ms(sat['p99_ms'] if sat else None)} ms | "
             f"{_f(m.get('ceiling_rps'))} | {_f(m.get('accuracy'), 3)} |")
     inproc = r.get("inprocess") or {}
     if inproc:
@@ -264,7 +272,7 @@ def markdown(r: dict, charts: Iterable[str] = ()) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for p in r["patterns"]:
             lines.append(f"| {p['label']} | {p['via']} | {_f(p['rps'])}{_bound(p.get('client_bound'))} | "
-                         f"{_f(p['p50_ms'], 1)} ms | {_f(p['p99_ms'], 1)} ms | {_f(p.get('accuracy'), 3)} | "
+                         f"{_ms(p['p50_ms'])} ms | {_ms(p['p99_ms'])} ms | {_f(p.get('accuracy'), 3)} | "
                          f"{p.get('variants') or '-'} | {_f(p.get('ceiling_rps'))} |")
     bandit = arm_shares(r.get("bandit", {}).get("timeline", []))
     if bandit:

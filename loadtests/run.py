@@ -157,6 +157,17 @@ def run_locust(spec: LoadSpec, out: Path, *, host: str | None = None, ceiling_s:
                                                                     "rps": 0, "total": empty, "main": empty}
     summary["exit_status"] = status
     summary["command"] = " ".join(argv[1:])
+    history = out / "locust_stats_history.csv"
+    if history.exists():
+        from loadtests.report import ramp_stages, read_history
+
+        # Per stage of constant users (one for a fixed run), without the spawn and the first seconds:
+        # the steady rate, which is what a ceiling is compared on.
+        # The main entry's rows (feedback posts are entries of their own); the aggregate when there is none.
+        name = (summary.get("main") or {}).get("name") or "Aggregated"
+        summary["stages"] = ramp_stages(read_history(history, name) or read_history(history), spec.rows)
+        if ceiling_s is not None or spec.profile != "ramp":
+            summary["steady_rps"] = summary["stages"][-1]["rps"] if summary["stages"] else None
     path.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -205,7 +216,8 @@ def mark_client_bound(summary: dict, ceiling: dict | None) -> dict:
         summary["ceiling"] = None
         summary["client_bound"] = None
         return summary
-    rps, ceiling_rps = summary["rps"], ceiling["rps"]
+    rps = summary.get("steady_rps") or summary["rps"]
+    ceiling_rps = ceiling.get("steady_rps") or ceiling["rps"]
     summary["ceiling"] = {"rps": ceiling_rps, "users": ceiling.get("options", {}).get("num_users"),
                           "processes": ceiling.get("processes"), "failures": ceiling.get("failures")}
     summary["client_bound"] = bool(ceiling_rps and rps >= CLIENT_BOUND * ceiling_rps)
