@@ -58,6 +58,9 @@ class GrpcServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(use_attribute_docstrings=True, extra="ignore")
 
+    grpc_max_connections: int = Field(default=1000, ge=1)
+    """Most open gRPC connections per process; more are closed as they arrive (the client sees UNAVAILABLE
+    and retries), connections already open keep working."""
     grpc_max_concurrent_streams: int = Field(default=256, ge=1)
     """Most concurrent calls (HTTP/2 streams) on one gRPC connection; a client queues the rest."""
     grpc_max_connection_idle_s: float = Field(default=300.0, gt=0.0)
@@ -71,6 +74,7 @@ class GrpcServerSettings(BaseSettings):
     def grpc_connection_options(self) -> list[tuple[str, int]]:
         """grpc.aio server options for the connection bounds above."""
         return [
+            ("grpc.max_allowed_incoming_connections", self.grpc_max_connections),
             ("grpc.max_concurrent_streams", self.grpc_max_concurrent_streams),
             ("grpc.max_connection_idle_ms", round(self.grpc_max_connection_idle_s * 1000)),
             ("grpc.keepalive_time_ms", round(self.grpc_keepalive_s * 1000)),

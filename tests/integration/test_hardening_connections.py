@@ -140,7 +140,41 @@ def test_grpc_connection_idle_is_closed(short_bounds):
         assert states[-1] == grpc.ChannelConnectivity.IDLE, f"the idle connection stayed open: {states}"
 
 
-# -- connection limit ------------------------------------------------------------------------
+# -- connection limits -----------------------------------------------------------------------
+
+
+def test_over_the_grpc_connection_limit_new_connections_are_refused_and_existing_ones_keep_working(
+        tmp_path_factory):
+    proc, _ = model_server("model-server-grpc-limit", MODEL_SERVER_GRPC_MAX_CONNECTIONS="3")
+    proc.start(tmp_path_factory.mktemp("logs"))
+    channels: list[grpc.Channel] = []
+    try:
+        proc.wait_ready(120)
+        address = f"127.0.0.1:{proc.env['MODEL_SERVER_GRPC_PORT']}"
+
+        def check(channel: grpc.Channel) -> grpc.StatusCode:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            except grpc.RpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+        # A local subchannel pool per channel: one TCP connection each (the global pool would share one).
+        channels = [grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(4)]
+        assert [check(c) for c in channels[:3]] == [grpc.StatusCode.OK] * 3
+        assert check(channels[3]) == grpc.StatusCode.UNAVAILABLE  # the fourth connection is closed on arrival
+        assert [check(c) for c in channels[:3]] == [grpc.StatusCode.OK] * 3
+        channels[0].close()
+        deadline = time.monotonic() + GENEROUS_S
+        while check(channels[3]) != grpc.StatusCode.OK and time.monotonic() < deadline:
+            time.sleep(0.5)  # once one closed, the newcomer gets in (on its next attempt)
+        assert check(channels[3]) == grpc.StatusCode.OK
+    finally:
+        for c in channels:
+            c.close()
+        proc.stop()
+
 
 
 LIMIT = 8
