@@ -11,7 +11,9 @@ Either way :func:`snapshot` turns the samples into one variant's cumulative snap
 
     requests    router_requests_total{variant=v} (answered by v, any status)
                 + router_upstream_errors_total{variant=v} (attempts on v that failed over or 502'd)
+                + router_shadow_mirrored_total{variant=v} (copies sent to v as a shadow)
     errors      router_upstream_errors_total{variant=v} + answers of v with status >= 500
+                + router_shadow_errors_total{variant=v} (mirrored copies v failed)
     latency     router_upstream_seconds_bucket{variant=v} (cumulative histogram)
     feedback    router_feedback_labels_total / router_feedback_correct_total{variant=v}
     rewards     router_feedback_rewards_total / _reward_sum / _reward_squares_sum{variant=v}
@@ -47,13 +49,16 @@ REWARD_SQUARES = "router_feedback_reward_squares_sum"
 SHADOW_COMPARED = "router_shadow_compared_rows_total"
 SHADOW_AGREEING = "router_shadow_agreeing_rows_total"
 SHADOW_DP_SUM = "router_shadow_abs_prob_diff_sum"
+SHADOW_MIRRORED = "router_shadow_mirrored_total"
+SHADOW_ERRORS = "router_shadow_errors_total"
 PREDICTED_LABELS = "router_predicted_labels_total"
 CONFIG_VERSION = "router_config_version"
 PROCESS_START = "process_start_time_seconds"
 
 #: Every series the supervisor reads (the Prometheus source queries exactly these).
 SERIES = (REQUESTS, UPSTREAM_ERRORS, UPSTREAM_BUCKETS, FEEDBACK_LABELS, FEEDBACK_CORRECT, REWARDS_COUNT, REWARD_SUM,
-          REWARD_SQUARES, SHADOW_COMPARED, SHADOW_AGREEING, SHADOW_DP_SUM, PREDICTED_LABELS, CONFIG_VERSION)
+          REWARD_SQUARES, SHADOW_COMPARED, SHADOW_AGREEING, SHADOW_DP_SUM, SHADOW_MIRRORED, SHADOW_ERRORS,
+          PREDICTED_LABELS, CONFIG_VERSION)
 
 
 class ScrapeError(Exception):
@@ -156,6 +161,13 @@ def snapshot(expo: Exposition, variant: str, taken_at: float, version: int | str
         requests = _count(answered + failed)
         errors_5xx = sum(s.value for s in expo.samples(REQUESTS, variant=variant) if _status(s) >= 500)
         errors = _count(failed + errors_5xx)
+        # A shadow answers no client: its traffic is the copies mirrored to it (a shadow rollout's
+        # error_rate and sample sizes), kept apart from the variant's own counters by the router.
+        mirrored = expo.total(SHADOW_MIRRORED, variant=variant) or 0.0
+        mirror_errors = expo.total(SHADOW_ERRORS, variant=variant) or 0.0
+        if not (math.isnan(mirrored) or math.isnan(mirror_errors)):
+            requests = _count(answered + failed + mirrored)
+            errors = _count(failed + errors_5xx + mirror_errors)
 
     feedback = None
     labelled, correct = expo.total(FEEDBACK_LABELS, variant=variant), expo.total(FEEDBACK_CORRECT, variant=variant)

@@ -401,3 +401,33 @@ def test_every_decision_is_produced_to_kafka(stack: Stack, rows, kafka_bootstrap
     assert [d["check"] for d in produced][:len(served)] == [d["check"] for d in served]
     assert produced[:len(served)] == served  # the same records, evidence and apply results included
     assert produced[-1]["action"]["kind"] in ("promote", "none")
+
+
+# --- a shadow rollout end to end -------------------------------------------------------------------------
+
+
+def test_shadow_rollout_mirrors_then_graduates_to_a_canary_and_is_promoted(stack: Stack, rows) -> None:
+    stack.start_router()
+    stack.start_supervisor(kind="shadow", rules=[
+        *SPEC["rules"],
+        {"metric": "shadow_agreement", "threshold": 0.9, "min_samples": 20},
+        {"metric": "shadow_abs_dp", "threshold": 0.2, "min_samples": 20},
+    ])
+    mirrored = stack.wait("the shadow policy in force", lambda: (
+        stack.routing()["config"]["policy"]["kind"] == "shadow" and stack.routing()["config"]))
+    assert mirrored["policy"]["params"] == {"primary": "stable", "shadows": ["candidate"]}
+    with Traffic(stack.router_url, rows):
+        stack.wait("promotion", lambda: stack.status()["phase"] == "promoted", timeout_s=180)
+    acts = _actions(stack.decisions())
+    assert acts == [("start", 0.0, "applied"), ("promote_shadow", 10.0, "applied"), ("step", 50.0, "applied"),
+                    ("promote", 100.0, "applied")], acts
+    graduation = [d for d in stack.decisions() if d["action"]["kind"] == "promote_shadow"][0]
+    assert graduation["mode"] == "shadow" and graduation["action"]["policy"] == "canary"
+    verdicts = {r["rule"]: r for r in graduation["rules"]}
+    assert verdicts["shadow_agreement"]["verdict"] == "pass" and verdicts["shadow_agreement"]["candidate_value"] >= 0.9
+    assert verdicts["shadow_abs_dp"]["verdict"] == "pass" and verdicts["shadow_agreement"]["candidate_n"] >= 20
+    config = stack.routing()["config"]
+    assert config["policy"] == {"kind": "canary", "params": {"weights": {"stable": 0.0, "candidate": 100.0},
+                                                             **({"hash_salt": config["policy"]["params"]["hash_salt"]}
+                                                                if "hash_salt" in config["policy"]["params"] else {})}}
+    assert config["fallback"] == "candidate"

@@ -110,3 +110,19 @@ def test_prometheus_query_results_read_the_same_way():
     assert (candidate.requests, candidate.errors) == (6, 1)
     assert candidate.feedback is None  # Prometheus cannot tell absent from childless: missing
     assert scrape.newest_sample_time([{"metric": {}, "value": [5.0, "1700000000.5"]}]) == 1700000000.5
+
+
+def test_a_shadow_variant_counts_the_copies_mirrored_to_it_and_their_failures():
+    text = TEXT + """\
+# HELP router_shadow_mirrored_total Mirrored requests sent.
+# TYPE router_shadow_mirrored_total counter
+router_shadow_mirrored_total{variant="shadowed"} 50.0
+# HELP router_shadow_errors_total Mirrored requests that failed.
+# TYPE router_shadow_errors_total counter
+router_shadow_errors_total{kind="timeout",variant="shadowed"} 3.0
+"""
+    expo = scrape.parse_exposition(text)
+    shadowed = scrape.snapshot(expo, "shadowed", 1.0)
+    assert (shadowed.requests, shadowed.errors) == (50, 3)
+    stable = scrape.snapshot(expo, "stable", 1.0)  # no mirrors of its own: unchanged
+    assert stable.requests == 95 and stable.errors == 0
