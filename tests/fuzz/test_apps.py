@@ -14,8 +14,7 @@ from tests.fuzz.conftest import Apps
 pytestmark = [pytest.mark.integration, pytest.mark.fuzz]
 
 VALID = s.dumps({"instances": [[0.5] * s.FEATURES]})
-HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
-                      max_size=300).map(
+HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=300).map(
     lambda v: v.strip(" \t").encode("latin-1"))  # a client library refuses edge whitespace itself
 
 
@@ -46,6 +45,7 @@ def test_predict(apps: Apps, which: str) -> None:
                                                                       "application/x-www-form-urlencoded"]),
                                                      HEADER_TEXT), max_size=2))
             def run(body: bytes, headers: dict[str, str]) -> None:
+                headers = {"content-type": b"application/json", **headers}  # most cases get past the 415
                 check_http(f"{which} app /predict", client.post("/predict", content=body, headers=headers))
 
             run()

@@ -74,6 +74,10 @@ def to_numpy(tensor: InferInputTensor, raw: bytes | None, field: str = "inputs[0
         raise TensorError(f"{field}.shape {list(shape)} has a negative dimension", f"{field}.shape")
     count = math.prod(shape)
     dtype = datatype.numpy_dtype
+    # numpy refuses a shape whose non-zero dimensions span more bytes than it can index, even with no
+    # elements at all ([0, 2**61]): name the shape instead of letting reshape raise its own error.
+    if math.prod(d for d in shape if d) * dtype.itemsize > np.iinfo(np.intp).max:
+        raise TensorError(f"{field}.shape {list(shape)} is too large for any tensor", f"{field}.shape")
     if raw is not None:
         # An empty `contents` beside raw bytes is harmless (MLServer's responses carry one); values in both are not.
         if tensor.HasField("contents") and any(len(getattr(tensor.contents, f)) for f in _CONTENTS_FIELDS):
