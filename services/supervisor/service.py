@@ -360,6 +360,8 @@ class Supervisor:
             self.interval = {"stable": stable, "candidate": candidate}
 
         spec = self.spec
+        if routing is not None and spec.kind == "ab-test" and problem is None:
+            evidence = replace(evidence, **await self._read_ab(routing))
         if routing is not None:
             self.drift = await self._read_drift(routing, now)
             self.drift_report = self.drift.pooled
@@ -416,6 +418,22 @@ class Supervisor:
             metrics.STEP_INDEX.labels(rollout).set(self.state.step_index)
         record = self._record(decision, applied, routing, intended=action if decision.action is not action else None)
         return record
+
+    async def _read_ab(self, routing: Routing) -> dict[str, Any]:
+        """The router's A/B report (`GET /experiments/<config name>`) for the ab_verdict rule; on
+        failure none, so the rule is inconclusive (and the reason logged)."""
+        assert self._client is not None
+        name = routing.config.get("name")
+        try:
+            r = await self._client.get(f"/experiments/{name}")
+            report = r.json().get("report") if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            log.warning("A/B report unreadable", extra={"experiment": name, "error": repr(exc)})
+            return {}
+        if not isinstance(report, dict):
+            log.warning("A/B report missing", extra={"experiment": name, "status": r.status_code})
+            return {}
+        return {"ab_report": report, "ab_observed_at": self.clock()}
 
     async def _read_drift(self, routing: Routing, now: float) -> InputDrift:
         """The router's input tap against the candidate's training bins; the gauges set."""

@@ -431,3 +431,59 @@ def test_shadow_rollout_mirrors_then_graduates_to_a_canary_and_is_promoted(stack
                                                              **({"hash_salt": config["policy"]["params"]["hash_salt"]}
                                                                 if "hash_salt" in config["policy"]["params"] else {})}}
     assert config["fallback"] == "candidate"
+
+
+# --- an A/B rollout end to end ---------------------------------------------------------------------------
+
+
+def test_ab_rollout_concludes_to_the_candidate_that_converts_better(stack: Stack, rows) -> None:
+    import random
+
+    config = yaml.safe_load(stack.config_path.read_text())
+    config["policy"] = {"kind": "ab", "params": {"split": {"stable": 50, "candidate": 50}, "hash_salt": "ab-test",
+                                                 "min_samples": 50, "count_by": "assignments"}}
+    stack.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    stack.start_router()
+    spec = {k: v for k, v in SPEC.items() if k != "steps"}  # an A/B test keeps the router's split: no steps
+    stack.spec_path.write_text(yaml.safe_dump({**spec, "kind": "ab-test", "conclude": True, "rules": [
+        {"metric": "ab_verdict", "threshold": 0.02, "min_samples": 100},
+        {"metric": "error_rate", "threshold": 0.02},
+    ]}, sort_keys=False))
+    stack.start_supervisor()
+    rates = {"stable": 0.2, "candidate": 0.6}  # conversion probability per answered request
+    stop = threading.Event()
+
+    def users() -> None:
+        rng = random.Random(7)
+        with httpx.Client(base_url=stack.router_url, timeout=5.0) as client:
+            i = 0
+            while not stop.is_set():
+                row, _ = rows[i % len(rows)]
+                try:
+                    r = client.post("/v2/models/breast-cancer/infer", json=v2_body(row),
+                                    headers={"x-user-id": f"ab-user-{i}"})
+                    if r.status_code == 200:
+                        reward = 1.0 if rng.random() < rates[r.headers["x-variant"]] else 0.0
+                        client.post("/feedback", json={"request_id": r.headers["x-request-id"], "reward": reward})
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+                i += 1
+
+    thread = threading.Thread(target=users, daemon=True)
+    thread.start()
+    try:
+        stack.wait("the A/B conclusion", lambda: stack.status()["phase"] == "concluded", timeout_s=180)
+    finally:
+        stop.set()
+        thread.join(10)
+    conclude = [d for d in stack.decisions() if d["action"]["kind"] == "conclude"]
+    assert len(conclude) == 1 and conclude[0]["apply"]["status"] == "applied", conclude
+    record = conclude[0]
+    assert record["action"]["new_stable"] == "candidate" and record["action"]["candidate_weight"] == 100.0
+    verdict = {r["rule"]: r for r in record["rules"]}["ab_verdict"]
+    assert verdict["verdict"] == "pass" and verdict["details"]["winner"] == "candidate", verdict
+    assert verdict["candidate_value"] > verdict["stable_value"] and verdict["candidate_n"] >= 100
+    routing = stack.routing()["config"]
+    assert routing["policy"]["kind"] == "canary"
+    assert routing["policy"]["params"]["weights"] == {"stable": 0.0, "candidate": 100.0}
+    assert routing["fallback"] == "candidate"
