@@ -34,6 +34,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from services.core.errors import InvalidInput, NotFound, ServingError
@@ -129,6 +130,9 @@ class Dispatcher:
         self._id_prefix = secrets.token_hex(4)
         self.tokens = TokenCodec([secrets.token_bytes(32)])
         """Signs the feedback tokens; the router installs the replicas' shared key."""
+        self.share_failure: Callable[[str, str, int, float | None], None] | None = None
+        """With the feedback topic: publishes a learning policy's failed decision (token, chosen
+        variant, epoch, failure reward) for every replica to score; None: scored here."""
 
     # -- config ---------------------------------------------------------------------------------
 
@@ -250,7 +254,11 @@ class Dispatcher:
         if self.pending.attach_shadow(request_id, variant, tuple(labels)):
             self.dirty = True
 
-    def _settle_failed(self, table: RouteTable, chosen: str, *ids: str) -> None:
+    def _settle_failed(self, table: RouteTable, chosen: str, rid: str, token: str) -> None:
+        if self.share_failure is not None:  # every replica scores it when it reads it back (feedback_log)
+            self.share_failure(token, chosen, table.epoch, table.failure_reward)
+            self.pending.settle(rid, f"its variant {chosen!r} failed and the fallback answered")
+            return
         try:
             scored = table.policy.on_failure(chosen, table.failure_reward)
         except ValueError as exc:  # a failure reward the policy refuses; the config allowed it
@@ -261,8 +269,8 @@ class Dispatcher:
                    f"{table.failure_reward:g}; the fallback answered")
         else:
             why = f"its variant {chosen!r} failed and the fallback answered; not an outcome of {chosen!r}"
-        for rid in ids:
-            self.pending.settle(rid, why)
+        for closed in (rid, token):
+            self.pending.settle(closed, why)
 
     # -- housekeeping ---------------------------------------------------------------------------
 

@@ -156,6 +156,22 @@ class FeedbackLog:
             raise error
         return 200, {**result, "applied": True, "acknowledged": True}
 
+    def share_failure(self, token: str, variant: str, epoch: int, reward: float | None) -> None:
+        """A learning policy's chosen variant failed (the fallback answered): publish it so every
+        replica scores the failure reward (`Dispatcher.share_failure`). Fire and forget: nobody was
+        promised anything, so a broker outage loses it (counted as failed)."""
+        event = {"schema": SCHEMA, "request_id": token, "variant": variant, "epoch": epoch, "field": "failure",
+                 "reward": reward, "labels": False, "replica": self.replica, "ts": time.time()}
+        asyncio.get_running_loop().run_in_executor(None, self._send_quietly, token.encode(), orjson.dumps(event))
+
+    def _send_quietly(self, key: bytes, value: bytes) -> None:
+        try:
+            self._produce(key, value)
+            metrics.FEEDBACK_PRODUCED.labels("acked").inc()
+        except Exception as exc:
+            metrics.FEEDBACK_PRODUCED.labels("failed").inc()
+            log.warning("failure event not acknowledged by the broker", extra={"error": repr(exc)})
+
     # -- applying (every replica, in topic order, on the event loop) -------------------------------
 
     def _apply(self, records: list[tuple[int, int, bytes | None, int]]) -> None:
@@ -201,6 +217,14 @@ class FeedbackLog:
         if pending.is_settled(rid):
             return "duplicate", Conflict(f"request_id {rid!r} takes no more feedback: it already has its "
                                          "outcome (another call got there first)", field="request_id")
+        if field == "failure":  # a failed decision: the policy's own failure scoring, on every replica
+            if epoch == table.epoch:
+                try:
+                    table.policy.on_failure(variant, reward)
+                except ValueError as exc:  # an unknown variant (config changed) or a refused reward
+                    log.warning("failure event not scored", extra={"request_id": rid, "error": str(exc)})
+            pending.settle(rid, f"its variant {variant!r} failed and the fallback answered")
+            return "applied", None
         fb = Feedback(rid, variant, epoch, field, reward, None if reward is None else float(reward), None, None, None)
         try:
             learn(table, pending, fb)

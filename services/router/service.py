@@ -38,6 +38,8 @@ class Router:
         keys, self.token_key_source = key_source(key, settings.token_key_file)
         self.dispatcher.tokens = TokenCodec(keys)
         self.feedback_log = FeedbackLog(settings, self.dispatcher) if settings.kafka_bootstrap_servers else None
+        if self.feedback_log is not None:
+            self.dispatcher.share_failure = self.feedback_log.share_failure
         self.started = False
         self._tasks: list[asyncio.Task] = []
 

@@ -239,3 +239,31 @@ def test_a_replica_killed_under_load_loses_no_acknowledged_reward(replicas, rows
         assert totals(replicas.state(client, victim)) == reference
         text = client.get(f"{replicas.urls[victim]}/metrics").text
         assert metric(text, "router_feedback_caught_up") == 1
+
+
+def test_failed_pulls_are_scored_on_every_replica(kafka_bootstrap_servers, servers, start_service, tmp_path,
+                                                  rows) -> None:
+    cfg = routing(servers)
+    cfg["variants"]["dead"] = {"url": "http://127.0.0.1:9", "model": "breast-cancer", "version": 1, "timeout_s": 2.0}
+    cfg["outlier_detection"] = {"enabled": False}
+    cfg["feedback"]["failure_reward"] = 0.0
+    group = Replicas(tmp_path, kafka_bootstrap_servers, start_service, cfg)
+    for i in range(REPLICAS):
+        group.start(i)
+    with httpx.Client(timeout=30) as client:
+        for i in range(90):
+            r = client.post(f"{group.urls[i % REPLICAS]}/v2/models/breast-cancer/infer",
+                            json=v2_body(rows[i % len(rows)][0]))
+            assert r.status_code == 200 and r.headers["x-variant"] != "dead"
+
+        def dead_arms() -> list[tuple[int, int]]:
+            arms = [group.state(client, i)["arms"]["dead"] for i in range(REPLICAS)]
+            return [(a["pulls"], a["rewards"]) for a in arms]
+
+        # each replica pulled "dead" on its own; every failure is scored (reward 0) on every replica
+        wait_for(lambda: len({rewards for _, rewards in dead_arms()}) == 1
+                 and dead_arms()[0][1] == sum(pulls for pulls, _ in dead_arms()), what="failures scored everywhere")
+        pulls = sum(p for p, _ in dead_arms())
+        assert pulls > 0
+        for i in range(REPLICAS):
+            assert group.state(client, i)["posterior"]["dead"] == {"alpha": PRIOR, "beta": PRIOR + pulls}
