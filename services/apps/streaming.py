@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import NonNegativeFloat
+from starlette.routing import Route
 
 from services.apps.api import build_app
-from services.apps.backend import PredictionSink
+from services.apps.backend import ContractCache, PredictionSink
 from services.apps.feedback import FeedbackLog
 from services.apps.hotswap import HotSwapBackend, version_builder
 from services.apps.prediction_log import PredictionLog
+from services.apps.v2 import v2_routes
 from services.core.errors import ServingError
 from services.core.http import serve
 from services.core.lifecycle import DEFAULT_SKEW_TOLERANCE, Lifecycle
@@ -89,6 +91,9 @@ class StreamingSettings(ModelSettings):
     (services/apps/feedback.py). Pair it with prediction_log and prediction_log_inputs."""
     labels_topic: str = LABELS
     """Topic POST /feedback writes labels to (keyed by request id)."""
+    v2_api: bool = False
+    """Also answer KServe V2 REST (POST /v2/models/{model}/infer, /v2/health/ready), so the router can route to
+    this app (the online-learning pattern: services/apps/v2.py)."""
     accept_demo_material: bool = False
     """Take versions whose card says they failed the quality gate as exempt demo material (rollback demos).
     Off: such a version is refused (`gate`); a version that failed its gate otherwise is refused always."""
@@ -111,12 +116,17 @@ def create_app(settings: StreamingSettings) -> Any:
         sinks = (PredictionLog(log_servers, settings.predictions_topic, app=APP_NAME,
                                buffer_size=settings.prediction_log_buffer,
                                include_inputs=settings.prediction_log_inputs, topic_partitions=SCORING_PARTITIONS),)
-    extra_routes = ()
+    extra_routes: tuple[Route, ...] = ()
     if settings.feedback:
         feedback = FeedbackLog(log_servers, settings.labels_topic, source=APP_NAME,
                                buffer_size=settings.prediction_log_buffer)
         sinks = (*sinks, feedback)
         extra_routes = (feedback.route(backend),)
+    if settings.v2_api:
+        contracts = ContractCache(max_batch_size=settings.max_batch_size, range_policy=settings.range_policy,
+                                  range_margin=settings.range_margin)
+        extra_routes = (*extra_routes, *v2_routes(backend, app_name=APP_NAME, contracts=contracts,
+                                                  max_body_bytes=settings.max_body_bytes, sinks=sinks))
     app: Any = build_app(
         backend,
         app_name=APP_NAME,

@@ -13,6 +13,7 @@ from functools import partial
 from services.kafka.messages import ensure_key_file, load_signing_key
 from services.kafka.publisher import publish
 from services.kafka.topics import MODELS
+from services.stack.online_learning import online_learning
 from services.stack.paths import SIGNING_KEY_FILE
 from services.stack.process import PatternStack, ServiceProcess, free_port, http_ready
 from services.stack.routed import ROUTED_PATTERNS, local_kafka, routed_pattern
@@ -127,4 +128,5 @@ PATTERNS: dict[str, Callable[..., PatternStack]] = {
     "model-as-data": model_as_data,
     "stream-scoring": stream_scoring,
     **{p: partial(routed_pattern, p) for p in ROUTED_PATTERNS},
+    "online-learning": online_learning,
 }

@@ -248,3 +248,43 @@ def test_a_restarted_trainer_resumes_from_its_committed_offsets_without_double_l
     # before its label was sent, so the joined rows, their order, and so the model, are the same.
     assert steady.trainer.learner.rows_seen == 250
     assert last.candidate.onnx_bytes == two.candidate.onnx_bytes
+
+
+def test_the_apps_kserve_v2_face_answers_and_refuses_bad_tensors_with_4xx(setup, start_service, holdout):
+    port = free_port()
+    start_service(ServiceProcess(f"streaming-{port}", ["-m", "services.apps.streaming"],
+                                 env={**setup.app_env(port), "STREAMING_V2_API": "true"},
+                                 ready=http_ready(f"http://127.0.0.1:{port}/v2/health/ready")))
+    url = f"http://127.0.0.1:{port}"
+    x = holdout[1][:3]
+    path = f"{url}/v2/models/{MODEL}/infer"
+
+    def tensor(**kw):
+        return {"inputs": [{"name": "input", "shape": [3, 30], "datatype": "FP32", "data": x.ravel().tolist(), **kw}]}
+
+    with httpx.Client(timeout=10) as client:
+        ok = client.post(path, json=tensor(), headers={"x-request-id": "v2-1"})
+        nested = client.post(path, json=tensor(data=x.tolist()))
+        bad = {
+            "shape": client.post(path, json=tensor(shape=[3, 29])),
+            "count": client.post(path, json=tensor(shape=[4, 30])),
+            "dtype": client.post(path, json=tensor(datatype="BYTES")),
+            "data": client.post(path, json=tensor(data=["a"] * 90)),
+            "inf": client.post(path, json=tensor(data=[1e39] * 90)),
+            "rows": client.post(path, json=tensor(shape=[2**31, 30])),
+            "inputs": client.post(path, json={"inputs": []}),
+            "model": client.post(f"{url}/v2/models/wine/infer", json=tensor()),
+            "text": client.post(path, content=b"{}", headers={"content-type": "text/plain"}),
+        }
+        meta = client.get(f"{url}/v2/models/{MODEL}").json()
+    assert ok.status_code == 200, ok.text
+    body = ok.json()
+    assert (body["model_name"], body["model_version"], body["id"]) == (MODEL, "1", "v2-1")
+    assert ok.headers["x-model-version"] == f"{MODEL}:1"
+    assert [o["name"] for o in body["outputs"]] == ["label", "probabilities"]
+    assert body["outputs"][1]["shape"] == [3, 2] and nested.json()["outputs"] == body["outputs"]
+    statuses = {k: r.status_code for k, r in bad.items()}
+    assert statuses == {**{k: 400 for k in bad}, "rows": 413, "model": 404, "text": 415}, \
+        {k: r.text for k, r in bad.items()}
+    assert all("error" in r.json() for r in bad.values())
+    assert meta["versions"] == ["1"] and meta["inputs"][0]["shape"] == [-1, 30]
