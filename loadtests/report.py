@@ -159,9 +159,11 @@ def goals(r: dict) -> list[dict[str, Any]]:
     weights = canary_weights(r.get("canary", {}).get("timeline", []))
     if weights:
         final = weights[-1]
+        first = next((w for w in weights if w["phase"] == final["phase"] and w["weight"] == final["weight"]), final)
+        steps = len({w["weight"] for w in weights})
         out.append({"goal": "the supervisor promotes the good canary step by step",
-                    "measured": f"weight {final['weight']:.0f}% at {final['t']:.0f} s, phase {final['phase']}",
-                    "met": final["phase"] == "promoted"})
+                    "measured": f"{steps} weights seen; {final['phase']} at {final['weight']:.0f}% "
+                                f"{first['t']:.0f} s into the run", "met": final["phase"] == "promoted"})
     return out
 
 
@@ -222,6 +224,9 @@ def markdown(r: dict, charts: Iterable[str] = ()) -> str:
         "Locust's per-run CSVs, HTML reports and summaries are in "
         f"`{meta.get('runs', 'reports/loadtests/')}` (git-ignored).",
         "",
+        *(["**A draft from a busy machine** (load average above 1 at the start): other work shared the cores, "
+           "so rates are low and noisy, and the client-bound marks move with the noise. Rerun `make compare` on a "
+           "quiet machine for figures to quote.", ""] if (meta.get("loadavg_start") or 0) > 1 else []),
         "**What the figures depend on.** The cores (2 here), and that the client runs on the same machine as "
         "the servers: every request Locust makes costs CPU the server cannot use. Locust is a heavy client "
         "(a Python greenlet per user, several times the CPU per request of the servers under test), so each "
