@@ -125,7 +125,9 @@ def bench_swap(boot: str, swaps: int, clients: int) -> dict:
         time.sleep(1.0)
         for k in range(swaps):
             version = 2 if k % 2 == 0 else 1
-            value = messages.encode(*publisher.load_artifact(DEFAULT_MODEL_REPOSITORY, MODEL, version), key)
+            # Back to v1 is a rollback: apps refuse an older version not marked as one (issue #11).
+            value = messages.encode(*publisher.load_artifact(DEFAULT_MODEL_REPOSITORY, MODEL, version), key,
+                                    rollback=version == 1)
             with lock:
                 seen.pop(version, None)
                 state["expect"] = version
