@@ -17,6 +17,7 @@ state leave to the side. One module per concern:
     feedback_log.py    the feedback topic on Kafka: replicas share rewards, each applied once
     quality.py         per-variant quality: predicted labels, accuracy and rewards from feedback
     shadow.py          the shadow mirror: bounded queue, workers, answer comparison
+    tap.py             the input tap: a bounded per-variant sample of request inputs (drift checks)
     upstream.py        the lean HTTP/1.1 client with keep-alive pools (REST variants)
     grpc_upstream.py   gRPC channels to variants and reading an upstream's status
     rest.py            REST codec: the ASGI app, KServe V2 inference and metadata, health, metrics
