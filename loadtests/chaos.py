@@ -691,7 +691,8 @@ def _scoring_run(result: RunResult, broker: OwnBroker, run_s: float, fault: Call
         progress(result.name, load, run_s * 0.5, t0)  # type: ignore[arg-type]
         undo()
         result.restored_at_s = time.monotonic() - t0
-        progress(result.name, load, run_s, t0)  # type: ignore[arg-type]
+        # a broker takes a while to come back: keep the load on for a while after it, whatever run_s says
+        progress(result.name, load, max(run_s, result.restored_at_s + run_s * 0.25), t0)  # type: ignore[arg-type]
         say(f"{result.name}: load stopped; flushing the producer")
         load.stop()
         wall_t0 = time.time() - (time.monotonic() - t0)
@@ -705,9 +706,10 @@ def _scoring_run(result: RunResult, broker: OwnBroker, run_s: float, fault: Call
         result.sent, result.acknowledged = len(load.sent), len(acked)
         result.errors = len(load.failed)
         result.lost = len(acked - seen.keys() - dlq.keys())
-        result.errors_per_s = [0] * (int(run_s) + 1)
+        end = int(max(load.sent.values(), default=0.0))
+        result.errors_per_s = [0] * (end + 1)
         for rid in load.failed:
-            result.errors_per_s[min(int(load.sent[rid]), int(run_s))] += 1
+            result.errors_per_s[min(int(load.sent[rid]), end)] += 1
         duplicates = sum(len(v) - 1 for v in seen.values())
         # end-to-end latency of each acknowledged record: its result's time minus when it was produced
         latency = {rid: min(seen[rid]) - (wall_t0 + load.sent[rid]) for rid in acked & seen.keys()}
