@@ -39,7 +39,7 @@ from tests.cluster.test_chart_on_cluster import Release, get_json
 built_images, chart_cluster, kube, core, apps, helm, deploy = (
     chart.built_images, chart.chart_cluster, chart.kube, chart.core, chart.apps, chart.helm, chart.deploy)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]  # image build + cluster start + two rollouts
 
 SPEC: dict[str, Any] = {
     "name": "bc-cluster",
@@ -186,14 +186,12 @@ def test_supervisor_pod_rolls_a_good_candidate_forward_through_the_configmap_onl
         deploy, core: client.CoreV1Api, kube: client.ApiClient, helm: Helm) -> None:
     rel = install(deploy, SPEC, "sup-good")
     ns = rel.namespace
-    rv0, config0 = routing_cm(core, rel)
-    assert weights(config0) == {"stable": 95.0, "candidate": 5.0}
+    # (The supervisor may have written its first step already: it starts as soon as its pod is up.)
     pod = start_traffic(core, rel)
 
     rv, config = wait_weight(core, rel, 100.0, 600)
     assert weights(config) == {"stable": 0.0, "candidate": 100.0}
     assert config["fallback"] == "candidate" and config["policy"]["params"]["hash_salt"]
-    assert rv != rv0
 
     trail = decisions(core, rel)
     writes = [d for d in trail if d["action"]["kind"] in ("start", "step", "promote")]
@@ -253,8 +251,7 @@ def test_supervisor_pod_rolls_a_bad_candidate_back_through_the_configmap(deploy,
     _, config0 = routing_cm(core, rel)
     assert config0["variants"]["candidate"]["version"] == 3
     pod = start_traffic(core, rel)
-    wait_weight(core, rel, 20.0, 300)  # started
-    rv, config = wait_weight(core, rel, 0.0, 600)
+    rv, config = wait_weight(core, rel, 0.0, 600)  # the chart's 95/5 never had 0: only a rollback sets it
     assert weights(config) == {"stable": 100.0, "candidate": 0.0} and config["fallback"] == "stable"
     trail = decisions(core, rel)
     back = [d for d in trail if d["action"]["kind"] == "rollback"]
