@@ -487,3 +487,32 @@ def test_ab_rollout_concludes_to_the_candidate_that_converts_better(stack: Stack
     assert routing["policy"]["kind"] == "canary"
     assert routing["policy"]["params"]["weights"] == {"stable": 0.0, "candidate": 100.0}
     assert routing["fallback"] == "candidate"
+
+
+# --- a candidate made slow -------------------------------------------------------------------------------
+
+
+def test_candidate_made_slow_is_rolled_back_naming_the_latency_rule(tmp_path, servers, start_service, rows) -> None:
+    from services.stack.routed import model_server
+
+    # A real model server misconfigured the way slow servers often are: dynamic batching with a
+    # 150 ms batch timer, so a lone request waits for a batch that never fills. Correct answers,
+    # no errors — only slow.
+    slow, slow_url = model_server("model-server-slow", MODEL_SERVER_BATCHING="true",
+                                  MODEL_SERVER_BATCH_MAX_DELAY_MS="150")
+    start_service(slow)
+    stack = Stack(tmp_path, {**servers, "candidate": slow_url}, start_service)
+    stack.start_router()
+    stack.start_supervisor(rules=[*SPEC["rules"],
+                                  {"metric": "latency_p99", "threshold": 1.5, "min_difference_s": 0.02}])
+    with Traffic(stack.router_url, rows):
+        stack.wait("rollback", lambda: stack.status()["phase"] == "rolled_back", timeout_s=180)
+    rollback = [d for d in stack.decisions() if d["action"]["kind"] == "rollback"][0]
+    assert rollback["apply"]["status"] == "applied" and rollback["verdict"] == "fail"
+    failing = [r for r in rollback["rules"] if r["verdict"] == "fail"]
+    assert [r["rule"] for r in failing] == ["latency_p99"], rollback["explanation"]
+    p99 = failing[0]
+    assert p99["candidate_value"] >= 0.1 and p99["candidate_value"] > 1.5 * p99["stable_value"], p99
+    assert p99["candidate_n"] >= 100 and "latency_p99" in rollback["explanation"]
+    assert not [s for s in rollback["sequential"] if s["rejected"]]  # no errors: the latency rule alone
+    assert stack.routing()["config"]["policy"]["params"]["weights"] == {"stable": 100.0, "candidate": 0.0}
