@@ -307,7 +307,7 @@ def learning(out: Path, q: bool, processes: int, users: int) -> tuple[dict, dict
     stack = None
     try:
         stack = start(routed_pattern("canary", out / "stacks", rollout_spec=spec_path, supervisor_interval_s=None))
-        spec = LoadSpec(WAYS["router"], stack.endpoints["router"], users=users, duration_s=20.0 if q else 40.0,
+        spec = LoadSpec(WAYS["router"], stack.endpoints["router"], users=users, duration_s=15.0 if q else 40.0,
                         processes=processes, model=MODEL, model_version=VERSION, extra=["--feedback", "label"])
         summary = measure(spec, out / "canary", ceiling_s=None, meta={"pattern": "canary"},
                           router=stack.endpoints["router"], supervisor=stack.endpoints["supervisor"])
