@@ -83,6 +83,13 @@ def model_as_data(model: str = "breast-cancer"):
             publisher = threading.Thread(target=publish, args=(boot, model, 2),
                                          kwargs={"key": load_signing_key(SIGNING_KEY_FILE)})
             publisher.start()
+        elif i == 200 and publisher is not None:
+            # The rest of the run must show the swap: wait for it here if 100 requests were not enough
+            # (the publisher reads the topic for the release sequence first; on a busy machine it can lag).
+            publisher.join()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and httpx.get(f"{url}/model", timeout=5).json().get("version") != 2:
+                time.sleep(0.05)
 
     try:
         n, errors, acc, lat, versions = drive(url, np.vstack([x, x]), np.concatenate([y, y]), publish_v2_at_100)
