@@ -424,6 +424,7 @@ def values_schema() -> dict:
                                    "settings": _strict(settable_settings("services.supervisor"), required=[],
                                                        description="More SUPERVISOR_ settings by field name.")}),
             "publisher": _strict({"allowFailedGate": {"type": "boolean"},
+                                  "rollback": {"type": "boolean"},
                                   "backoffLimit": {"type": "integer", "minimum": 0, "maximum": 100},
                                   "ttlSecondsAfterFinished": {"type": "integer", "minimum": 0},
                                   "resources": resources}),

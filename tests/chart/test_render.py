@@ -72,3 +72,15 @@ def test_extra_renders_cover_every_optional_kind():
     wanted = {"HTTPRoute", "VirtualService", "DestinationRule", "ServiceMonitor", "NetworkPolicy",
               "HorizontalPodAutoscaler", "PersistentVolumeClaim", "StatefulSet", "Job", "Secret", "ConfigMap"}
     assert wanted <= kinds, f"not rendered by any case: {wanted - kinds}"
+
+
+def _publisher_command(*sets: str) -> list[str]:
+    (job,) = [d for d in render("model-as-data", *sets) if d["kind"] == "Job"]
+    return job["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+def test_publisher_rolls_back_only_when_asked():
+    """The apps refuse an older version unless its release is a signed rollback (--rollback)."""
+    assert "--rollback" not in _publisher_command("model.version=1")
+    command = _publisher_command("model.version=1", "publisher.rollback=true")
+    assert "--rollback" in command and command[command.index("--version") + 1] == "1"
