@@ -80,6 +80,11 @@ def render_error(pattern: str, *sets: str, helm: int = 4) -> str:
     return err
 
 
+#: Patterns that run locally only (`make up`), each with the reason.
+NOT_IN_CHART = {"online-learning": "its trainer needs scikit-learn, which the serving image leaves out "
+                                   "(patterns/online-learning/README.md, Kubernetes)"}
+
+
 #: Value combinations whose renders are validated and policy-checked, beyond the plain pattern files:
 #: every optional object the chart can render, and the mesh providers.
 EXTRA_RENDERS: list[tuple[str, tuple[str, ...]]] = [

@@ -9,6 +9,7 @@ from tests.chart.helpers import (
     CHART,
     EXTRA_RENDERS,
     HELMS,
+    NOT_IN_CHART,
     PATTERNS,
     all_renders,
     pattern_values,
@@ -16,10 +17,6 @@ from tests.chart.helpers import (
     render_id,
     run_helm,
 )
-
-# Patterns that run locally only (`make up`), each with the reason; the lead decides when they join the chart.
-NOT_IN_CHART = {"online-learning": "its trainer needs scikit-learn, which the serving image leaves out "
-                                   "(patterns/online-learning/README.md, Kubernetes)"}
 
 
 def test_every_pattern_has_a_values_file_and_the_chart_knows_every_pattern():
