@@ -18,7 +18,7 @@ from kubernetes import client
 from tests.cluster import test_chart_on_cluster as chart
 from tests.cluster.chart_support import hardened_pod_spec, v2_body, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]  # image build + cluster start + a Kafka install
 
 # the chart tests' fixtures: images in the node, API clients, helm, deploy-into-a-namespace
 built_images, chart_cluster, kube, core, apps, helm, deploy = (
