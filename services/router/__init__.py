@@ -15,6 +15,7 @@ state leave to the side. One module per concern:
     feedback.py        answered requests awaiting feedback, and applying POST /feedback (every policy)
     tokens.py          signed request ids (feedback tokens) any replica verifies
     feedback_log.py    the feedback topic on Kafka: replicas share rewards, each applied once
+    labels_out.py      the labels topic: accepted label feedback for the online trainer, by upstream request id
     quality.py         per-variant quality: predicted labels, accuracy and rewards from feedback
     shadow.py          the shadow mirror: bounded queue, workers, answer comparison
     tap.py             the input tap: a bounded per-variant sample of request inputs (drift checks)

@@ -36,6 +36,7 @@ from services.router.dispatch import Dispatcher
 from services.router.errors import Forbidden
 from services.router.feedback import apply_feedback, prepare_feedback
 from services.router.feedback_log import FeedbackLog
+from services.router.labels_out import LabelsOut
 from services.router.settings import RouterSettings
 
 log = logging.getLogger("services.router")
@@ -160,9 +161,10 @@ def quality(dispatcher: Dispatcher) -> dict[str, Any]:
 
 
 def routes(dispatcher: Dispatcher, control: Control, settings: RouterSettings,
-           feedback_log: FeedbackLog | None = None) -> list[Route]:
+           feedback_log: FeedbackLog | None = None, labels_out: LabelsOut | None = None) -> list[Route]:
     """The operator endpoints as Starlette routes (errors leave through core.http's handlers).
-    With a `feedback_log`, accepted feedback goes through the feedback topic (`feedback_log.py`)."""
+    With a `feedback_log`, accepted feedback goes through the feedback topic (`feedback_log.py`);
+    with `labels_out`, accepted labels go to the labels topic too (`labels_out.py`)."""
 
     async def feedback(request: Request) -> Response:
         status = 200
@@ -181,6 +183,8 @@ def routes(dispatcher: Dispatcher, control: Control, settings: RouterSettings,
             raise
         dispatcher.dirty = True
         metrics.FEEDBACK.labels("applied" if status == 200 else "acknowledged").inc()
+        if labels_out is not None:  # accepted here: this replica writes the label, once
+            labels_out.forward(result["request_id"], body, dispatcher.tokens)
         return json_response(result, status)
 
     async def experiment_report(request: Request) -> Response:
@@ -236,7 +240,7 @@ def _feedback_body(raw: bytes) -> dict[str, Any]:
     except InvalidInput as strict:
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting deeper than ~1000
             data = None
         if not isinstance(data, dict):
             raise strict from None

@@ -59,6 +59,14 @@ The feedback topic (`feedback_log.py`, with ROUTER_KAFKA_BOOTSTRAP_SERVERS set):
     router_feedback_caught_up                         gauge     1 once the topic was read to its end offsets at start
     router_feedback_consumer_errors_total             counter   consumer sessions that failed (then it reconnects)
 
+The labels topic (`labels_out.py`, with ROUTER_LABELS_TOPIC set):
+
+    router_labels_forwarded_total{result}             counter   accepted label feedback offered to the labels topic:
+                                                                buffered (sent in the background: kafka_emitter_*
+                                                                {emitter="router-labels"}) | dropped (buffer full; the
+                                                                feedback call still succeeded) | skipped (a request id
+                                                                the labels format refuses)
+
 Accuracy = correct / labels; mean reward = reward_sum / rewards; reward variance =
 squares_sum / rewards - mean^2 (all over the same window: differences of two scrapes). Rows, not
 requests: a multi-row request's label feedback (`labels`) counts one per row. The same numbers,
@@ -121,6 +129,8 @@ FEEDBACK_REWARD_SQUARES = Summary("router_feedback_reward_squares", "Squared rew
 PREDICTED_LABELS = Counter("router_predicted_labels", "Labels predicted per variant (shadows included).",
                            ["variant", "label"])
 FEEDBACK_PRODUCED = Counter("router_feedback_produced", "Feedback events sent to the feedback topic.", ["result"])
+LABELS_FORWARDED = Counter("router_labels_forwarded", "Accepted label feedback offered to the labels topic: "
+                           "buffered | dropped (buffer full) | skipped (request id refused).", ["result"])
 FEEDBACK_EVENTS = Counter("router_feedback_events", "Feedback events read back from the topic, by outcome.",
                           ["outcome"])
 FEEDBACK_LAG = Gauge("router_feedback_consumer_lag_seconds", "Age of the last feedback event applied while behind.")

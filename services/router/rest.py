@@ -179,7 +179,7 @@ def build_app(router: Router) -> Any:
             Route("/v2/models/{model}/ready", model_metadata),
             Route("/v2/models/{model}/versions/{version}", model_metadata),
             Route("/v2/models/{model}/versions/{version}/ready", model_metadata),
-            *admin.routes(dispatcher, control, settings, router.feedback_log),
+            *admin.routes(dispatcher, control, settings, router.feedback_log, router.labels_out),
             Route("/metrics", metrics_endpoint),
             Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         ],

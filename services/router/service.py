@@ -2,7 +2,7 @@
 
     router = Router(settings)
     router.load()          # config and saved state; SystemExit naming the problem (before binding a port)
-    await router.start()   # shadow workers, config poller, state saver
+    await router.start()   # shadow workers, config poller, state saver, Kafka feedback/labels
     ...                    # requests: services.router.rest (REST), services.router.grpc_front (gRPC)
     await router.stop()    # stop tasks, save state, close connections
 
@@ -18,6 +18,7 @@ import logging
 from services.router.control import Control
 from services.router.dispatch import Dispatcher
 from services.router.feedback_log import FeedbackLog
+from services.router.labels_out import LabelsOut
 from services.router.settings import RouterSettings
 from services.router.tap import InputTap
 from services.router.tokens import TokenCodec, key_source
@@ -40,6 +41,8 @@ class Router:
         self.feedback_log = FeedbackLog(settings, self.dispatcher) if settings.kafka_bootstrap_servers else None
         if self.feedback_log is not None:
             self.dispatcher.share_failure = self.feedback_log.share_failure
+        self.labels_out = (LabelsOut(settings.kafka_bootstrap_servers, settings.labels_topic)
+                           if settings.labels_topic else None)
         self.started = False
         self._tasks: list[asyncio.Task] = []
 
@@ -58,8 +61,11 @@ class Router:
         self._tasks.append(asyncio.create_task(self._maintain(), name="maintenance"))
         if self.feedback_log is not None:
             self.feedback_log.start(asyncio.get_running_loop())
+        if self.labels_out is not None:
+            self.labels_out.start()
         log.info("router started", extra={"token_key": self.token_key_source,
-                                           "feedback_topic": self.feedback_log.topic if self.feedback_log else None})
+                                           "feedback_topic": self.feedback_log.topic if self.feedback_log else None,
+                                           "labels_topic": self.labels_out.topic if self.labels_out else None})
         self.started = True
 
     @property
@@ -74,6 +80,8 @@ class Router:
         self._tasks = []
         if self.feedback_log is not None:
             await asyncio.to_thread(self.feedback_log.stop)
+        if self.labels_out is not None:
+            await asyncio.to_thread(self.labels_out.stop)
         await self.dispatcher.mirrors.stop()
         self.control.save_state()
         self.pools.close()

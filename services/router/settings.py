@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from services.core.settings import GrpcServerSettings, ServiceSettings, settings_config
 
@@ -93,9 +93,22 @@ class RouterSettings(ServiceSettings, GrpcServerSettings):
     """Name of this replica in feedback events and logs; empty: host name and process id."""
     kafka_backoff_max_s: float = Field(default=5.0, gt=0.0)
     """Longest wait between reconnects of the feedback consumer and producer."""
+    labels_topic: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._\-]{1,249}$")
+    """Topic the true labels of accepted label feedback are written to (services/kafka/labels.py,
+    `source: "router"`), keyed by the request id the router forwarded upstream (what the apps'
+    prediction log recorded), for the online trainer's join. Needs kafka_bootstrap_servers.
+    Empty: off."""
 
     @field_validator("state_file", "admin_token_file", "admin_token", "token_key", "token_key_file",
-                     "feedback_token", "feedback_token_file", mode="before")
+                     "feedback_token", "feedback_token_file", "labels_topic", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("labels_topic")
+    @classmethod
+    def _labels_need_kafka(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not info.data.get("kafka_bootstrap_servers"):
+            raise ValueError(f"the labels topic {value!r} needs ROUTER_KAFKA_BOOTSTRAP_SERVERS (the broker to "
+                             "write it to); set it, or leave ROUTER_LABELS_TOPIC empty")
+        return value
