@@ -32,9 +32,6 @@ def test_apps_unrouted_answers_json(apps: Apps, method: str, path: str, status: 
     assert_json_error(httpx.request(method, apps.embedded + path, timeout=30), status)
 
 
-@pytest.mark.xfail(strict=True, reason="feedback body nested deeper than orjson's 1024 levels falls back to "
-                                       "json.loads, which raises RecursionError: 500 - fix owned by router "
-                                       "(services/router/admin.py _feedback_body)")
 def test_router_feedback_deep_json_is_a_400(router: RouterStack) -> None:
     r = httpx.post(router.url + "/feedback", content=b"[" * 5000 + b"]" * 5000, timeout=30,
                    headers={"connection": "close"})
