@@ -10,9 +10,10 @@ MLServer, the FastAPI baseline.
 `KServeV2User` is the abstract base: it sends the holdout rows in turn (one sample per request),
 checks the answer and counts its accuracy (and, behind the router, the variant that answered:
 `x-variant`). `V2OneRow` sends one row per request, `V2Batch` client-side batches of `--batch-rows`.
-With `--feedback`, each answer is followed by `POST /feedback` with its `x-request-id`: `reward`
-sends 1 when every row was right (else 0), `label` the true label(s). Each request carries a fresh
-`x-user-id`, so sticky splits (canary, A/B) spread requests, not just Locust's few users.
+With `--feedback`, each answer is followed by `POST /feedback` with its `x-feedback-token` (else
+`x-request-id`; the token is valid on any router replica): `reward` sends 1 when every row was
+right (else 0), `label` the true label(s). Each request carries a fresh `x-user-id`, so sticky
+splits (canary, A/B) spread requests, not just Locust's few users.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
 from locust import FastHttpUser, constant, task  # noqa: E402
 
 from loadtests.locust_support import QUALITY, Samples, model_from, option, profile_shape, rows_of  # noqa: E402
-from loadtests.payloads import check_v2_response, v2_infer_body, v2_infer_path  # noqa: E402
+from loadtests.payloads import check_v2_response, feedback_id, v2_infer_body, v2_infer_path  # noqa: E402
 
 _user_ids = itertools.count()
 
@@ -79,7 +80,7 @@ class KServeV2User(FastHttpUser):
                 response.failure(str(exc))
                 return
             right = QUALITY.add(predicted, truth, response.headers.get("x-variant"))
-            request_id = response.headers.get("x-request-id")
+            request_id = feedback_id(response.headers)
         if self.feedback != "none" and request_id:
             with self.client.post("/feedback", json=feedback_body(self.feedback, request_id, truth, right),
                                   name="POST /feedback", catch_response=True) as fb:

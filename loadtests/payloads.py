@@ -181,3 +181,10 @@ def check_oip_response(raw: bytes, rows: int) -> None:
     outputs = output_arrays(open_inference_pb2.ModelInferResponse.FromString(raw))
     if "label" not in outputs or outputs["label"].shape[0] != rows:
         raise ValueError(f"ModelInferResponse without {rows} labels: outputs {sorted(outputs)}")
+
+
+def feedback_id(headers) -> str | None:
+    """What names a router's answer in `POST /feedback`: its signed `x-feedback-token`, which any
+    router replica accepts, else `x-request-id` (a request id the client chose itself is known only
+    to the replica that answered)."""
+    return headers.get("x-feedback-token") or headers.get("x-request-id")

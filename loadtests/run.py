@@ -333,10 +333,32 @@ def measure(spec: LoadSpec, out: Path, *, ceiling_s: float | None, meta: dict[st
     if timeline.points:
         (out / "timeline.json").write_text(json.dumps(timeline.points) + "\n")
         summary["timeline"] = "timeline.json"
+        summary["late_arm_shares"] = late_arm_shares(timeline.points)
     summary = mark_client_bound(summary, ceiling)
     summary.update(meta)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def variant_shares(summary: dict) -> dict[str, float]:
+    """Each answering variant's share of the run's requests (from the router's `x-variant`)."""
+    variants = (summary.get("quality") or {}).get("variants") or {}
+    total = sum(v.get("requests", 0) for v in variants.values())
+    return {name: v.get("requests", 0) / total for name, v in sorted(variants.items())} if total else {}
+
+
+def late_arm_shares(points: list[dict[str, Any]], last: float = 1 / 3) -> dict[str, float]:
+    """A learning policy's share of pulls per arm over the `last` fraction of the timeline: what it
+    has converged to, without the exploration at the start (the whole run's share hides it)."""
+    arms = [(p["t"], p["policy"]["arms"]) for p in points
+            if isinstance(p.get("policy"), dict) and isinstance(p["policy"].get("arms"), dict)]
+    if len(arms) < 2:
+        return {}
+    t_end, end = arms[-1]
+    start = next(a for t, a in arms if t >= t_end * (1 - last))
+    pulls = {name: end[name].get("pulls", 0) - (start.get(name) or {}).get("pulls", 0) for name in end}
+    total = sum(pulls.values())
+    return {name: n / total for name, n in sorted(pulls.items())} if total > 0 else {}
 
 
 def describe(summary: dict) -> str:
@@ -347,6 +369,10 @@ def describe(summary: dict) -> str:
     return (f"{summary['requests']:,} requests, {summary['failures']} failed, {summary['rps']:,.0f} req/s "
             f"({summary['rows_per_s']:,.0f} rows/s), p50 {t['p50_ms'] or 0:.0f} ms, p99 {t['p99_ms'] or 0:.0f} ms"
             + (f", accuracy {acc:.3f}" if acc is not None else "")
+            + (", answered by " + " ".join(f"{k} {v:.0%}" for k, v in variant_shares(summary).items())
+               if variant_shares(summary) else "")
+            + (", last third " + " ".join(f"{k} {v:.0%}" for k, v in summary["late_arm_shares"].items())
+               if summary.get("late_arm_shares") else "")
             + (f"; client ceiling {ceiling['rps']:,.0f} req/s{bound}" if ceiling else ""))
 
 
@@ -363,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pattern", required=True, choices=sorted(ENDPOINTS))
     parser.add_argument("--endpoint", choices=sorted(WAYS), help="the way in (default: the pattern's)")
     parser.add_argument("--host", default="", help="load this host instead of the local stack")
+    parser.add_argument("--supervisor", default="",
+                        help="with --host: the supervisor's URL (canary), polled into timeline.json")
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--duration", default="30s", help="30s, 2m, ... (fixed profile)")
     parser.add_argument("--profile", choices=["fixed", "ramp"], default="fixed")
@@ -394,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     stack, endpoints = None, {}
     t0 = time.perf_counter()
     if args.host:
-        endpoints = {endpoint: args.host}
+        endpoints = {endpoint: args.host, **({"supervisor": args.supervisor} if args.supervisor else {})}
     else:
         endpoints = running_stack(args.pattern) or {}
         if endpoints:
