@@ -9,16 +9,21 @@ Processes, in start order (each waits for the previous to be ready):
   (pinned); KServe V2 REST on (the router's variant), prediction log with inputs, POST /feedback;
 - `app-candidate`: the same app following `<run>-models`, where v1 is published first (so it is
   ready at once) and the trainer publishes every online version that passes its gates;
-- `router`: canary between the two (patterns/online-learning/routing.yaml), admin token;
+- `router`: canary between the two (patterns/online-learning/routing.yaml), admin token, the
+  feedback topic `<run>-feedback` and ROUTER_LABELS_TOPIC=`<run>-labels`: the labels it accepts
+  go to the trainer keyed by the id it forwarded to the app (what the prediction log recorded);
 - `supervisor`: ramps the candidate up or rolls it back (patterns/online-learning/rollout.yaml);
 - `trainer`: `python -m services.trainer run`, joining both apps' prediction logs with the labels.
 
 Topic names carry the stack's start time, so each `make up` starts a fresh lineage on the
 persistent local broker. `drive` sends holdout rows through the router (optionally with the
 size features doubled after `--drift-at`: the concept-drift scenario; 2% pinned to the candidate
-with `x-variant`, QA traffic that keeps its newest version visible), then each label twice:
-to the router's POST /feedback (the supervisor's accuracy per variant) and to the stable app's
-POST /feedback (the labels topic the trainer learns from).
+with `x-variant`, QA traffic that keeps its newest version visible), then each label once, to
+the router's POST /feedback: the supervisor's accuracy per variant, and (the router writes it to
+the labels topic) the trainer's training data. The poisoning scenario (`--poison-from`) sends a
+flipped label to the stable app's POST /feedback first, and the true one to the router only once
+the app's emitter has the flipped one on the topic: the trainer takes the first label of a request
+(the router's true one goes to `labels-dlq` as a duplicate), the router scores the true one.
 """
 
 from __future__ import annotations
@@ -88,7 +93,9 @@ def online_learning(model_name: str = "breast-cancer", bootstrap_servers: str | 
         f.write(secrets.token_urlsafe(24) + "\n")
     state_path = run_dir / f"{PATTERN}-router-state.json"
     state_path.unlink(missing_ok=True)
-    router, router_url = router_process(config_path, state_path, token_file=token_file)
+    router, router_url = router_process(config_path, state_path, token_file=token_file,
+                                        ROUTER_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+                                        ROUTER_FEEDBACK_TOPIC=f"{run}-feedback", ROUTER_LABELS_TOPIC=f"{run}-labels")
     processes.append(router)
     spec = REPO_ROOT / "patterns" / PATTERN / "rollout.yaml"
     supervisor_state = run_dir / f"{PATTERN}-supervisor-state.json"
@@ -126,19 +133,21 @@ def online_learning(model_name: str = "breast-cancer", bootstrap_servers: str | 
 def drive(endpoints: dict[str, str], requests: int, drift_at: int | None, seed: int = 3,
           model: str = "breast-cancer", qa_share: float = 0.02, poison_from: int | None = None,
           quiet: bool = False) -> dict[str, float]:
-    """Requests through the router, each label sent to the router and to the stable app; accuracy per
-    version that answered. From `poison_from` on, the labels the trainer gets (the app's POST /feedback)
-    are flipped, while the router still gets the true ones: a poisoning attack on the training
-    stream, measured by a trusted channel."""
+    """Requests through the router, each label sent once, to the router (which feeds the labels topic);
+    accuracy per version that answered. From `poison_from` on, the trainer learns flipped labels: a
+    poisoning attack on the training stream (the stable app's POST /feedback writes them first), while
+    the router still gets and scores the true ones, a trusted channel."""
     lines = (REPO_ROOT / "models" / "repository" / model / "1" / "holdout.csv").read_text().splitlines()
     names = lines[0].split(",")[:-1]
     data = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
     x, y = data[:, :-1].astype(np.float32), data[:, -1].astype(int)
     size = [i for i, n in enumerate(names) if any(w in n for w in SIZE_WORDS)]
     rng = np.random.default_rng(seed)
-    router, labels_app = endpoints["router"], endpoints["app-stable"]
+    router, poison_app = endpoints["router"], endpoints["app-stable"]
     seen: dict[str, list[int]] = {}
+    held: list[tuple[str, int]] = []  # true labels waiting for their poisoned twins to reach the topic
     with httpx.Client(timeout=10) as client:
+        poisoned = _labels_sent(client, poison_app) if poison_from is not None else 0
         for i in range(requests):
             j = int(rng.integers(len(x)))
             row = x[j].copy()
@@ -160,13 +169,41 @@ def drive(endpoints: dict[str, str], requests: int, drift_at: int | None, seed: 
             seen.setdefault(version, [0, 0])
             seen[version][0] += 1
             seen[version][1] += int(answer["outputs"][0]["data"][0] == y[j])
-            client.post(f"{router}/feedback", json={"request_id": rid, "label": int(y[j])})
-            taught = int(1 - y[j]) if poison_from is not None and i >= poison_from else int(y[j])
-            client.post(f"{labels_app}/feedback", json={"request_id": rid, "label": taught})
+            if poison_from is not None and i >= poison_from:
+                f = client.post(f"{poison_app}/feedback", json={"request_id": rid, "label": int(1 - y[j])})
+                poisoned += int(f.status_code == 202)
+                held.append((rid, int(y[j])))
+                if len(held) >= 50:
+                    _release(client, router, poison_app, poisoned, held)
+            else:
+                client.post(f"{router}/feedback", json={"request_id": rid, "label": int(y[j])})
             if (i + 1) % 500 == 0 and not quiet:
                 print(f"  {i + 1} requests: " + ", ".join(f"{v} {n} answered, accuracy {c / n:.3f}"
                                                           for v, (n, c) in sorted(seen.items())), flush=True)
+        _release(client, router, poison_app, poisoned, held)
     return {v: c / n for v, (n, c) in seen.items()}
+
+
+def _labels_sent(client: httpx.Client, app: str) -> int:
+    """Labels the app's emitter has on the topic (acknowledged by the broker)."""
+    for line in client.get(f"{app}/metrics").text.splitlines():
+        if line.startswith('kafka_emitter_sent_total{emitter="labels"}'):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+def _release(client: httpx.Client, router: str, app: str, poisoned: int, held: list[tuple[str, int]],
+             timeout_s: float = 30.0) -> None:
+    """Send the held true labels to the router once the app's poisoned ones are on the topic (the
+    trainer takes a request's first label), or after `timeout_s` (then some true ones may win)."""
+    if not held:
+        return
+    deadline = time.monotonic() + timeout_s
+    while _labels_sent(client, app) < poisoned and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for rid, label in held:
+        client.post(f"{router}/feedback", json={"request_id": rid, "label": label})
+    held.clear()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--requests", type=int, default=3000)
     d.add_argument("--drift-at", type=int, default=None, help="double the size features from this request on")
     d.add_argument("--poison-from", type=int, default=None,
-                   help="flip the labels the trainer gets from this request on (the router gets the true ones)")
+                   help="flip the labels the trainer gets from this request on (the router scores the true ones)")
     args = parser.parse_args(argv)
     try:
         info = json.loads((RUN_DIR / "endpoints.json").read_text())
