@@ -21,6 +21,7 @@ from services.kafka import publisher
 from services.kafka.messages import ensure_key_file
 from services.router.tokens import TokenCodec, is_token, load_keys
 from services.stack.kafka_tools import read_topic
+from services.stack.online_learning import drive, online_learning
 from services.stack.process import ServiceProcess, free_port, http_ready
 from services.stack.routed import router_process
 from services.trainer.join import Joiner
@@ -132,3 +133,26 @@ def test_label_feedback_on_the_router_lands_on_the_labels_topic_with_the_upstrea
     joined = joiner.join(labels)
     assert joined.joined == 3 and not joined.rejected, [(r.reason, r.detail) for r in joined.rejected]
     assert sorted(joined.y.tolist()) == sorted(int(v) for v in y[:3])
+
+
+def test_the_online_learning_stack_trains_on_labels_sent_once_to_the_router(
+        kafka_bootstrap_servers, start_service, tmp_path):
+    """`make up PATTERN=online-learning`'s own stack: `drive` sends each label to the router only; the
+    trainer joins every one of them (none unknown: the router keyed them by the ids the apps logged)
+    and the router scored them (the supervisor's accuracy)."""
+    stack = online_learning(bootstrap_servers=kafka_bootstrap_servers, run_dir=tmp_path, supervisor_interval_s=2,
+                            every_labels=150)
+    for process in stack.processes:
+        start_service(process)
+    e = stack.endpoints
+    n = 200
+    assert drive(e, n, None, quiet=True)
+
+    def trainer(outcome: str) -> float:
+        return metric(httpx.get(e["trainer-metrics"], timeout=10).text, "trainer_labels_total", outcome=outcome)
+    wait_for(lambda: trainer("joined") >= 150, "the trainer to join the router's labels", 120)
+    quality = httpx.get(f"{e['router']}/quality", timeout=10).json()["variants"]
+    assert sum(v["labels"] for v in quality.values()) == n, quality  # every request answered and scored
+    router_metrics = httpx.get(f"{e['router']}/metrics", timeout=10).text
+    assert metric(router_metrics, "router_labels_forwarded_total", result="buffered") == n
+    assert all(trainer(reason) == 0 for reason in ("unknown_request", "duplicate", "no_inputs", "malformed"))
