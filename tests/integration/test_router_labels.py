@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.kafka import publisher
 from services.kafka.messages import ensure_key_file
 from services.router.tokens import TokenCodec, is_token, load_keys
+from services.stack import promtool
 from services.stack.kafka_tools import read_topic
 from services.stack.online_learning import drive, online_learning
 from services.stack.process import ServiceProcess, free_port, http_ready
@@ -112,6 +113,9 @@ def test_label_feedback_on_the_router_lands_on_the_labels_topic_with_the_upstrea
     assert metric(text, "router_labels_forwarded_total", result="buffered") == 3
     assert metric(text, "router_labels_forwarded_total", result="skipped") == 1  # "client/req/5": not a labels id
     assert metric(text, "router_labels_forwarded_total", result="dropped") == 0
+    if promtool.path() is not None:  # the cached promtool: the new metric passes its lint
+        lint = promtool.check_metrics(text)
+        assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
 
     nonce = TokenCodec(load_keys(token_key.read_text())).verify(token).nonce
     labels = read_topic(bootstrap, topics["labels"])
