@@ -104,6 +104,9 @@ def test_a_failing_candidate_is_rolled_back_at_once():
     assert state.phase == "rolled_back" and len(decisions) == 2  # the first check after the start
     test = next(s for s in decisions[-1].sequential if s.test == "error_rate")
     assert test.rejected and test.candidate_value > 0.2
+    # Significant evidence does not wait for the bake nor for the rules' minimum samples.
+    assert decisions[-1].bake["elapsed_s"] < decisions[-1].bake["required_s"]
+    assert test.candidate_n < spec().min_samples
 
 
 def test_a_slow_candidate_is_rolled_back_naming_the_latency_rule():
