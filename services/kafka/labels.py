@@ -1,6 +1,8 @@
 """The `labels` topic's record: the true label(s) of an answered request, keyed by its request id.
 
-Written by the apps' `POST /feedback` (services/apps/feedback.py), read by the online trainer
+Written by the apps' `POST /feedback` (services/apps/feedback.py) and by the router's (with
+ROUTER_LABELS_TOPIC: services/router/labels_out.py, keyed by the id it forwarded upstream,
+`"source": "router"`), read by the online trainer
 (services/trainer), which joins it with the prediction log (`predictions`, inputs enabled) by
 request id. Value, schema 1 (JSON):
 
