@@ -184,7 +184,7 @@ class FeedbackLog:
             metrics.FEEDBACK_EVENTS.labels(outcome).inc()
             if timestamp_ms > 0:
                 metrics.FEEDBACK_LAG.set(max(0.0, time.time() - timestamp_ms / 1000))
-            rid = self._rid(value)
+            rid = self._own_rid(value)
             waiter = self._waiters.pop(rid, None) if rid is not None else None
             if waiter is not None:
                 future, on_applied = waiter
@@ -193,13 +193,16 @@ class FeedbackLog:
                     future.set_result((error, result))
         dispatcher.dirty = True
 
-    @staticmethod
-    def _rid(value: bytes | None) -> str | None:
+    def _own_rid(self, value: bytes | None) -> str | None:
+        """The request id of an event this replica produced: only its own event answers its waiting
+        call (another replica's event for the same id, racing it, makes this call's event the duplicate)."""
         try:
             event = orjson.loads(value or b"")
-            return event.get("request_id") if isinstance(event, dict) else None
         except orjson.JSONDecodeError:
             return None
+        if not isinstance(event, dict) or event.get("replica") != self.replica:
+            return None
+        return event.get("request_id")
 
     def _apply_one(self, value: bytes | None, table: Any) -> tuple[str, ServingError | None]:
         pending = self.dispatcher.pending
