@@ -268,7 +268,8 @@ class SequentialSpec(_Strict):
     """Streams tested: error_rate (requests), misprediction_rate (labelled feedback), reward.
     A stream without data simply gathers no evidence."""
     log_odds_sd: float = Field(default=1.0, gt=0.0, le=10.0)
-    """Mixing standard deviation on the log odds ratio of the proportion tests."""
+    """Mixing spread on the log odds ratio of the proportion tests, above the mixture's start (an odds
+    ratio of 2, the smallest effect worth catching: services/supervisor/sequential.py)."""
     reward_tau: float = Field(default=0.05, gt=0.0, allow_inf_nan=False)
     """Mixing standard deviation of the reward test, in reward units."""
     min_block: int = Field(default=30, ge=2)
