@@ -84,7 +84,7 @@ def load_thresholds(path: Path = THRESHOLDS) -> dict[str, Threshold]:
     }
 
 
-def _metrics(task: str, y_true: np.ndarray, labels: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+def holdout_metrics(task: str, y_true: np.ndarray, labels: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     out = {
         "accuracy": float(accuracy_score(y_true, labels)),
         "f1_macro": float(f1_score(y_true, labels, average="macro")),
@@ -95,7 +95,7 @@ def _metrics(task: str, y_true: np.ndarray, labels: np.ndarray, proba: np.ndarra
     return {k: round(v, 6) for k, v in out.items()}
 
 
-def _export(estimator, graph_name: str, n_features: int, n_classes: int) -> bytes:
+def export_onnx(estimator, graph_name: str, n_features: int, n_classes: int) -> bytes:
     onx = convert_sklearn(
         estimator,
         initial_types=[("input", FloatTensorType([None, n_features]))],
@@ -114,7 +114,7 @@ def _export(estimator, graph_name: str, n_features: int, n_classes: int) -> byte
     return onx.SerializeToString()
 
 
-def _check_parity(name: str, version: int, estimator, session: ort.InferenceSession, x32: np.ndarray) -> float:
+def check_parity(name: str, version: int, estimator, session: ort.InferenceSession, x32: np.ndarray) -> float:
     ort_labels, ort_proba = session.run(["label", "probabilities"], {"input": x32})
     # scikit-learn sees the very float32 values ONNX Runtime sees.
     sk_labels = estimator.predict(x32.astype(np.float64))
@@ -150,7 +150,7 @@ def _quantile_bins(column: np.ndarray, n_bins: int = DRIFT_BINS) -> dict:
     return {"edges": edges, "proportions": [round(float(c) / len(x), 6) for c in counts]}
 
 
-def _feature_stats(names: list[str], x: np.ndarray) -> list[dict]:
+def feature_stats(names: list[str], x: np.ndarray) -> list[dict]:
     return [
         {
             "name": n,
@@ -162,6 +162,20 @@ def _feature_stats(names: list[str], x: np.ndarray) -> list[dict]:
         }
         for i, n in enumerate(names)
     ]
+
+
+def toolchain(exported: onnx.ModelProto) -> dict:
+    """The card's `libraries` and `opset`: what built and exported the model (offline or online)."""
+    return {
+        "libraries": {
+            "scikit-learn": sklearn.__version__,
+            "skl2onnx": skl2onnx.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__,
+            "numpy": np.__version__,
+        },
+        "opset": {o.domain or "ai.onnx": o.version for o in exported.opset_import},
+    }
 
 
 def holdout_text(names: list[str], x32: np.ndarray, y: np.ndarray) -> str:
@@ -188,15 +202,15 @@ def build_version(
     # The poor demo versions learn from shuffled labels: a release that should never ship.
     y_fit = np.random.default_rng(seed).permutation(y_train) if vspec.shuffled_labels else y_train
     estimator.fit(x_train.astype(np.float32).astype(np.float64), y_fit)
-    onnx_bytes = _export(estimator, f"{spec.name}-v{vspec.version}", len(names), n_classes)
+    onnx_bytes = export_onnx(estimator, f"{spec.name}-v{vspec.version}", len(names), n_classes)
     exported = onnx.load_from_string(onnx_bytes)
     onnx.checker.check_model(exported)
 
     x32 = x_test.astype(np.float32)
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    worst = _check_parity(spec.name, vspec.version, estimator, session, x32)
+    worst = check_parity(spec.name, vspec.version, estimator, session, x32)
     labels, proba = session.run(["label", "probabilities"], {"input": x32})
-    metrics = _metrics(spec.task, y_test, labels, proba)
+    metrics = holdout_metrics(spec.task, y_test, labels, proba)
     exemption = threshold.check(spec.name, vspec.version, metrics)
 
     fingerprint = hashlib.sha256(x_train.tobytes() + y_train.tobytes()).hexdigest()
@@ -212,7 +226,7 @@ def build_version(
             "shape": [None, len(names)],
             "feature_names": names,
         },
-        "features": _feature_stats(names, x_train),
+        "features": feature_stats(names, x_train),
         "outputs": [
             {"name": "label", "dtype": "int64", "shape": [None]},
             {"name": "probabilities", "dtype": "float32", "shape": [None, n_classes]},
@@ -235,14 +249,7 @@ def build_version(
             "data_fingerprint_sha256": fingerprint,
             "dataset": f"sklearn.datasets.{spec.load.__name__}",
         },
-        "libraries": {
-            "scikit-learn": sklearn.__version__,
-            "skl2onnx": skl2onnx.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": ort.__version__,
-            "numpy": np.__version__,
-        },
-        "opset": {o.domain or "ai.onnx": o.version for o in exported.opset_import},
+        **toolchain(exported),
     }
 
     out = repo / spec.name / str(vspec.version)
@@ -256,10 +263,6 @@ def build_version(
 
 # The online trainer (services/trainer) exports and gates its candidates with these very functions,
 # so a version learned online passes the same parity and threshold gates as one trained here.
-export_onnx = _export
-check_parity = _check_parity
-holdout_metrics = _metrics
-feature_stats = _feature_stats
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,8 +30,6 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-import skl2onnx
-import sklearn
 from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -177,14 +175,7 @@ class Learner:
                 "dataset": "kafka: labels joined with the prediction log by request id",
                 "learner": self.config.as_dict(),
             },
-            "libraries": {
-                "scikit-learn": sklearn.__version__,
-                "skl2onnx": skl2onnx.__version__,
-                "onnx": onnx.__version__,
-                "onnxruntime": ort.__version__,
-                "numpy": np.__version__,
-            },
-            "opset": {o.domain or "ai.onnx": o.version for o in exported.opset_import},
+            **train.toolchain(exported),
             **extra_card,
         }
         return Candidate(card, onnx_bytes, train.holdout_text(names, hx, hy).encode())

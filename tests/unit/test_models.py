@@ -54,10 +54,10 @@ def test_parity_gate_refuses_a_model_that_disagrees_with_onnx(tmp_path, holdout)
     x32 = x.astype(np.float32)
     fitted = LogisticRegression(max_iter=10_000).fit(x, y)
     other = LogisticRegression(max_iter=10_000, C=1e-6).fit(x, y)  # a different model
-    session = ort.InferenceSession(train._export(fitted, "t", len(names), 2))
-    assert train._check_parity("t", 1, fitted, session, x32) <= train.PARITY_TOLERANCE
+    session = ort.InferenceSession(train.export_onnx(fitted, "t", len(names), 2))
+    assert train.check_parity("t", 1, fitted, session, x32) <= train.PARITY_TOLERANCE
     with pytest.raises(train.GateError, match="parity gate"):
-        train._check_parity("t", 1, other, session, x32)
+        train.check_parity("t", 1, other, session, x32)
 
 
 def test_threshold_gate_names_metric_value_and_floor():
