@@ -10,7 +10,8 @@ event, so gRPC calls land in the same statistics as HTTP ones. grpcio runs under
 `host:port` (a `grpc://` prefix is accepted). The messages are the model server's wire-compatible
 TF Serving protos, so no TensorFlow is needed.
 
-`TfsPredictUser` sends the holdout rows in turn and counts the accuracy of the answers; `TfsOneRow`
+`TfsPredictUser` sends the holdout rows in turn and counts the accuracy of the answers (per answering
+variant behind the router: its `x-variant` reply metadata); `TfsOneRow`
 sends one row per request, `TfsBatch` client-side batches of `--batch-rows`. Statistics entries are
 named `TFS Predict <model>:<version> x<rows>` (the interceptor's `label`). With `--ceiling` the same
 requests go to `loadtests/ceiling.py grpc`, which answers every call with an empty message.
@@ -104,13 +105,15 @@ class TfsPredictUser(GrpcUser):
     def predict(self) -> None:
         request, truth = self.samples.next()
         try:
-            response = self.stub.Predict(request, timeout=self.timeout_s)
+            response, call = self.stub.Predict.with_call(request, timeout=self.timeout_s)
         except grpc.RpcError:
             return  # already reported as a failure by the interceptor
         if self.ceiling:
             return
         try:
-            QUALITY.add(tfs_labels(response, self.rows), truth)
+            # the router's gRPC front names the answering variant in the reply metadata, as REST's headers do
+            variant = dict(call.initial_metadata() or ()).get("x-variant")
+            QUALITY.add(tfs_labels(response, self.rows), truth, variant)
         except ValueError as exc:
             # The interceptor counted the call; an answer without the right labels is a failure too.
             self.environment.events.request.fire(request_type="grpc", name=f"{self.interceptor.label} (bad answer)",
