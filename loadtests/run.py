@@ -8,8 +8,9 @@
 
 What one run does:
 
-1. **The target.** With `--host`, that host (a cluster's ingress or a port-forward; for
-   stream-scoring the Kafka bootstrap servers). Otherwise the local stack: the pattern's running
+1. **The target.** With `--host`, that host (a cluster's ingress, a port-forward or a Service's
+   ClusterIP; for stream-scoring the Kafka bootstrap servers; `--supervisor URL` adds the
+   canary's supervisor to the timeline). Otherwise the local stack: the pattern's running
    stack (`make up`, `.run/endpoints.json`) if it is this pattern, else started here
    (`start_pattern`: logs in `.run/loadtest-logs/`, routed configs and admin token in
    `.run/loadtest/`) and stopped afterwards, its Kafka broker too.
@@ -29,6 +30,8 @@ What one run does:
    percentiles, accuracy, variants, ceiling, client-bound flag; for routed patterns also
    `timeline.json`: the router's policy state, and the supervisor's status, once a second).
 
+The printed line has the totals, p50/p99, accuracy, each answering variant's share and, for a
+learning policy, its arms' share of the pulls over the last third of the run (`late_arm_shares`).
 Nothing fails on a number; the exit status is Locust's (non-zero when requests failed).
 """
 
