@@ -32,6 +32,7 @@ from services.stack.demo_common import Row, drive, load_holdout
 from services.stack.kafka_broker import Broker
 from services.stack.kafka_tools import read_topic, request_producer, send_requests
 from services.stack.paths import DEMO_LOG_DIR, ENV_BOOTSTRAP, SIGNING_KEY_FILE
+from services.stack.runner import start
 
 _broker: str | None = None
 
@@ -49,20 +50,6 @@ def bootstrap() -> str:
     return _broker
 
 
-def _start(stack, log_dir: Path):
-    started = []
-    try:
-        for proc in stack.processes:
-            proc.start(log_dir)
-            started.append(proc)
-            proc.wait_ready()
-    except BaseException:
-        for proc in reversed(started):
-            proc.stop()
-        raise
-    return stack
-
-
 def _metric(url: str, name: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=5).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
@@ -73,7 +60,7 @@ def model_as_data(model: str = "breast-cancer"):
 
     _, x, y = load_holdout(DEFAULT_MODEL_REPOSITORY / model / "1" / "holdout.csv")
     boot = bootstrap()
-    stack = _start(pattern(model, version=1, bootstrap_servers=boot), DEMO_LOG_DIR)
+    stack = start(pattern(model, version=1, bootstrap_servers=boot), DEMO_LOG_DIR)
     url = stack.endpoints["app"]
     publisher: threading.Thread | None = None
 
@@ -114,7 +101,7 @@ def stream_scoring(model: str = "breast-cancer", repeat: int = 100, workers: int
     suffix = f"demo-{os.getpid()}-{int(time.time())}"
     topics = {"requests": f"scoring-requests-{suffix}", "results": f"scoring-results-{suffix}",
               "dlq": f"scoring-dlq-{suffix}"}
-    stack = _start(pattern(model, workers=workers, bootstrap_servers=boot,
+    stack = start(pattern(model, workers=workers, bootstrap_servers=boot,
                            SCORING_REQUESTS_TOPIC=topics["requests"], SCORING_RESULTS_TOPIC=topics["results"],
                            SCORING_DLQ_TOPIC=topics["dlq"], SCORING_GROUP_ID=f"scoring-{suffix}"), DEMO_LOG_DIR)
     rows = x.astype(np.float32).tolist()

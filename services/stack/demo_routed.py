@@ -20,9 +20,8 @@ import yaml
 from services.core.settings import DEFAULT_MODEL_REPOSITORY
 from services.stack.demo_common import Row, load_holdout
 from services.stack.paths import DEMO_LOG_DIR, RUN_DIR
-from services.stack.process import PatternStack
 from services.stack.routed import routed_pattern
-from services.stack.runner import start_stack
+from services.stack.runner import start, start_stack
 
 DEMO_SPEC: dict[str, Any] = {
     "name": "breast-cancer-demo",
@@ -107,21 +106,6 @@ def demo_routed(pattern: str, model: str = "breast-cancer") -> Row:
                np.percentile(lat, 99) * 1e3, note)
 
 
-def _start(stack: PatternStack) -> PatternStack:
-    started = []
-    try:
-        for proc in stack.processes:
-            proc.start(DEMO_LOG_DIR)
-            started.append(proc)
-            print(f"  starting {proc.name} (pid {proc.pid}) ...", flush=True)
-            proc.wait_ready()
-    except BaseException:
-        for proc in reversed(started):
-            proc.stop()
-        raise
-    return stack
-
-
 def _trail(decisions: list[dict[str, Any]], t0: float) -> str:
     """'start 5% -> step 25% (3.1 s) -> ...' from the decisions that changed the routing."""
     parts = []
@@ -144,8 +128,8 @@ def demo_supervised(candidate_version: int = 2, model: str = "breast-cancer", ti
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(yaml.safe_dump({**DEMO_SPEC, "name": f"breast-cancer-v{candidate_version}",
                                          "candidate_version": candidate_version}, sort_keys=False))
-    stack = _start(routed_pattern("canary", rollout_spec=spec_path, candidate_version=candidate_version,
-                                  supervisor_interval_s=None))
+    stack = start(routed_pattern("canary", rollout_spec=spec_path, candidate_version=candidate_version,
+                                  supervisor_interval_s=None), DEMO_LOG_DIR)
     t0 = time.time()
     try:
         url, sup = stack.endpoints["router"], stack.endpoints["supervisor"]

@@ -32,8 +32,13 @@ def _stop_broker(state: dict) -> bool:
 
 
 def start_stack(pattern: str, log_dir: Path = LOG_DIR, replicas: int = 1) -> PatternStack:
-    """Start a pattern's processes in order; on any failure stop what started and raise."""
-    stack = PATTERNS[pattern](replicas=replicas) if replicas != 1 else PATTERNS[pattern]()
+    """Start a registered pattern's processes in order; on any failure stop what started and raise."""
+    return start(PATTERNS[pattern](replicas=replicas) if replicas != 1 else PATTERNS[pattern](), log_dir)
+
+
+def start(stack: PatternStack, log_dir: Path = LOG_DIR) -> PatternStack:
+    """Start a stack's processes in order, each ready before the next; on any failure stop what
+    started (and the broker the stack started) and raise."""
     started = []
     try:
         for proc in stack.processes:
