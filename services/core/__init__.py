@@ -12,6 +12,7 @@ contracts, errors, settings, logging and the HTTP plumbing that maps errors to t
 | `grpc_status.py` | `ServingError` <-> gRPC status, in one place |
 | `http.py` | JSON bodies, errors to HTTP responses, `/metrics`, `serve()` (uvicorn, graceful SIGTERM) |
 | `connections.py` | bounds on HTTP connections: header timeout, header size, connections per process |
+| `files.py` | `atomic_write`: state and config files replaced atomically (temp + fsync + rename) |
 | `settings.py` | the settings base classes every service's pydantic-settings class extends |
 | `logging.py` | JSON log lines |
 """

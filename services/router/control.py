@@ -20,13 +20,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from services.core.files import atomic_write
 from services.router import metrics
 from services.router.config import RoutingConfig, RoutingConfigError, parse_config
 from services.router.dispatch import Dispatcher
 from services.router.errors import PreconditionFailed
 from services.router.policies import PolicyStateError, RoutingPolicy, build_policy
 from services.router.settings import RouterSettings
-from services.router.state import StateFile, atomic_write
+from services.router.state import StateFile
 from services.router.table import RouteTable, build_table
 from services.router.upstream import Pools
 

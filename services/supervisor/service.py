@@ -35,6 +35,8 @@ from typing import Any
 import httpx
 import orjson
 
+from services.core.files import atomic_write
+
 from . import metrics, scrape
 from .actions import WRITES, ApplyResult, RouterAdmin, RouterUnavailable, Routing, RoutingStore, apply_action
 from .analysis import INITIAL_MODE, candidate_weight, evaluate, resume
@@ -73,25 +75,6 @@ def load_spec(path: Path, interval_s: float | None = None) -> tuple[RolloutSpec,
                for r in raw.get("rules", []) if r.get("metric") in UNSUPPORTED_METRICS]
     raw["rules"] = [r for r in raw.get("rules", []) if r.get("metric") not in UNSUPPORTED_METRICS]
     return parse_spec(raw, str(path)), skipped
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """temp file in the same directory + fsync + rename: a crash leaves the old or the new file."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def figures(window: VariantWindow | None) -> dict[str, Any] | None:
