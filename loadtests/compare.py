@@ -46,6 +46,7 @@ import yaml
 from loadtests import bench_kafka, report
 from loadtests.run import WAYS, LoadSpec, log, measure, measure_ceiling, stop_stack
 from services.core.settings import DEFAULT_MODEL_REPOSITORY
+from services.stack import runner
 from services.stack.paths import REPO_ROOT
 from services.stack.process import PatternStack, ServiceProcess
 
@@ -68,17 +69,7 @@ def _exit_on_signal(signum, _frame) -> None:
 
 
 def start(stack: PatternStack) -> PatternStack:
-    started = []
-    try:
-        for proc in stack.processes:
-            proc.start(LOG_DIR)
-            started.append(proc)
-            proc.wait_ready(120)
-    except BaseException:
-        for proc in reversed(started):
-            proc.stop()
-        raise
-    return stack
+    return runner.start(stack, LOG_DIR, ready_timeout_s=120)
 
 
 def fig(summary: dict) -> dict[str, Any]:

@@ -285,30 +285,16 @@ def start_pattern(pattern: str, log_dir: Path = LOG_DIR) -> PatternStack:
     generated config, state and admin token in `.run/loadtest/`, so a `make up` stack's are left alone."""
     from services.stack.patterns import PATTERNS
     from services.stack.routed import ROUTED_PATTERNS, routed_pattern
+    from services.stack.runner import start
 
     stack = routed_pattern(pattern, RUN_DIR / "loadtest") if pattern in ROUTED_PATTERNS else PATTERNS[pattern]()
-    started = []
-    try:
-        for proc in stack.processes:
-            proc.start(log_dir)
-            started.append(proc)
-            proc.wait_ready(120)
-    except BaseException:
-        for proc in reversed(started):
-            proc.stop()
-        from services.stack.runner import _stop_broker
-
-        _stop_broker(stack.extra)
-        raise
-    return stack
+    return start(stack, log_dir, ready_timeout_s=120)
 
 
 def stop_stack(stack: PatternStack) -> None:
-    from services.stack.runner import _stop_broker
+    from services.stack.runner import stop
 
-    for proc in reversed(stack.processes):
-        proc.stop()
-    _stop_broker(stack.extra)
+    stop(stack)
 
 
 def run_dir(name: str, root: Path = REPORTS) -> Path:

@@ -36,7 +36,7 @@ def start_stack(pattern: str, log_dir: Path = LOG_DIR, replicas: int = 1) -> Pat
     return start(PATTERNS[pattern](replicas=replicas) if replicas != 1 else PATTERNS[pattern](), log_dir)
 
 
-def start(stack: PatternStack, log_dir: Path = LOG_DIR) -> PatternStack:
+def start(stack: PatternStack, log_dir: Path = LOG_DIR, ready_timeout_s: float = 60.0) -> PatternStack:
     """Start a stack's processes in order, each ready before the next; on any failure stop what
     started (and the broker the stack started) and raise."""
     started = []
@@ -45,13 +45,18 @@ def start(stack: PatternStack, log_dir: Path = LOG_DIR) -> PatternStack:
             proc.start(log_dir)
             started.append(proc)
             print(f"  starting {proc.name} (pid {proc.pid}) ...", flush=True)
-            proc.wait_ready()
+            proc.wait_ready(ready_timeout_s)
     except BaseException:
-        for proc in reversed(started):
-            proc.stop()
-        _stop_broker(stack.extra)
+        stop(PatternStack(started, {}, stack.extra))
         raise
     return stack
+
+
+def stop(stack: PatternStack) -> None:
+    """Stop a stack started in this process: its processes in reverse order, then its broker."""
+    for proc in reversed(stack.processes):
+        proc.stop()
+    _stop_broker(stack.extra)
 
 
 def up(pattern: str, replicas: int = 1) -> int:
