@@ -181,6 +181,24 @@ def _base_recipe() -> str:
     return f"{BASE_IMAGE} mmdebstrap --variant=minbase {DEBIAN_SUITE} {','.join(BASE_IMAGE_PACKAGES)} {DEBIAN_MIRRORS}"
 
 
+def debian_rootfs(tmp: Path, packages: list[str], *, keep_man: bool = False) -> Path:
+    """A Debian minbase rootfs with `packages` as a tarball in `tmp` (mmdebstrap, reproducible dates)."""
+    rootfs = tmp / "rootfs.tar"
+    argv = [
+        "mmdebstrap", "--quiet", "--mode=root", "--variant=minbase",
+        f"--include={','.join(packages)}",
+        "--dpkgopt=path-exclude=/usr/share/doc/*",
+        *([] if keep_man else ["--dpkgopt=path-exclude=/usr/share/man/*"]),
+        "--dpkgopt=path-exclude=/usr/share/locale/*",
+        DEBIAN_SUITE, str(rootfs), *DEBIAN_MIRRORS,
+    ]
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "0", "TMPDIR": str(tmp)}
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"mmdebstrap failed:\n{proc.stderr[-4000:]}")
+    return rootfs
+
+
 def build_base_image(log: Log, force: bool = False) -> Path:
     """A Debian bookworm rootfs from mmdebstrap as an OCI archive (about a minute, once)."""
     recipe = _base_recipe()
@@ -193,24 +211,7 @@ def build_base_image(log: Log, force: bool = False) -> Path:
     t0 = time.monotonic()
     log(f"image {BASE_IMAGE}: mmdebstrap {DEBIAN_SUITE} minbase + {', '.join(BASE_IMAGE_PACKAGES)} (about a minute)")
     with tempfile.TemporaryDirectory(dir=layout.IMAGES_DIR) as tmp:
-        rootfs = Path(tmp) / "rootfs.tar"
-        argv = [
-            "mmdebstrap",
-            "--quiet",
-            "--mode=root",
-            "--variant=minbase",
-            f"--include={','.join(BASE_IMAGE_PACKAGES)}",
-            "--dpkgopt=path-exclude=/usr/share/doc/*",
-            "--dpkgopt=path-exclude=/usr/share/man/*",
-            "--dpkgopt=path-exclude=/usr/share/locale/*",
-            DEBIAN_SUITE,
-            str(rootfs),
-            *DEBIAN_MIRRORS,
-        ]
-        env = {**os.environ, "SOURCE_DATE_EPOCH": "0", "TMPDIR": tmp}
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise RuntimeError(f"mmdebstrap failed:\n{proc.stderr[-4000:]}")
+        rootfs = debian_rootfs(Path(tmp), BASE_IMAGE_PACKAGES)
         config = {"Cmd": ["python3"], "Env": [PATH_ENV, "LANG=C.UTF-8"], "WorkingDir": "/"}
         write_oci_archive(BASE_ARCHIVE, BASE_IMAGE, [rootfs], config, f"mmdebstrap {DEBIAN_SUITE} minbase")
     _write_stamp(BASE_ARCHIVE, recipe)

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -121,19 +119,8 @@ def build(log: Log = _say, force: bool = False, archive: Path = KAFKA_ARCHIVE) -
     t0 = time.monotonic()
     log(f"{KAFKA_IMAGE}: mmdebstrap {DEBIAN_SUITE} minbase + {', '.join(PACKAGES)}, Kafka {KAFKA_VERSION} jars")
     with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
-        rootfs = Path(tmp) / "rootfs.tar"
-        argv = [
-            "mmdebstrap", "--quiet", "--mode=root", "--variant=minbase",
-            f"--include={','.join(PACKAGES)}",
-            "--dpkgopt=path-exclude=/usr/share/doc/*",
-            # (man pages stay: openjdk's postinst links its man page with update-alternatives)
-            "--dpkgopt=path-exclude=/usr/share/locale/*",
-            DEBIAN_SUITE, str(rootfs), *images.DEBIAN_MIRRORS,
-        ]
-        env = {**os.environ, "SOURCE_DATE_EPOCH": "0", "TMPDIR": tmp}
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise RuntimeError(f"mmdebstrap failed:\n{proc.stderr[-4000:]}")
+        # man pages stay: openjdk's postinst links its man page with update-alternatives
+        rootfs = images.debian_rootfs(Path(tmp), PACKAGES, keep_man=True)
         staged = Path(tmp) / "files"
         files: dict[str, Path] = {}
         for rel, data in _files().items():
